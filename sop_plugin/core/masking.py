@@ -1,0 +1,91 @@
+"""iBOT-style block-wise masks for the student's global views.
+
+Per image, with probability ``mask_prob``, a target ratio r ~ U(ratio) of the patch
+grid is covered by random rectangles (area and log-uniform aspect ratio drawn per
+block) until the target is met or no block fits; other images stay unmasked.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+class BlockMaskGenerator:
+    """Draws boolean patch masks [B, H*W] (True = masked) from an explicit generator.
+
+    Args:
+        grid: patch grid (H, W) of a global view.
+        mask_prob: probability that an image is masked at all.
+        ratio: (min, max) fraction of patches to mask in a masked image.
+        min_block: smallest block area in patches.
+        aspect: (min, max) block aspect ratio h / w.
+        max_attempts: tries per block before giving up on the remaining target.
+    """
+
+    def __init__(
+        self,
+        grid: tuple[int, int],
+        mask_prob: float = 0.5,
+        ratio: tuple[float, float] = (0.1, 0.5),
+        min_block: int = 4,
+        aspect: tuple[float, float] = (0.3, 1 / 0.3),
+        max_attempts: int = 10,
+    ) -> None:
+        if not 0.0 <= mask_prob <= 1.0:
+            raise ValueError(f"mask_prob must be in [0, 1], got {mask_prob}")
+        if not 0.0 <= ratio[0] <= ratio[1] < 1.0:
+            raise ValueError(f"mask ratio must satisfy 0 <= min <= max < 1, got {ratio}")
+        if grid[0] < 1 or grid[1] < 1:
+            raise ValueError(f"patch grid must be positive, got {grid}")
+        self.grid = grid
+        self.mask_prob = mask_prob
+        self.ratio = ratio
+        self.min_block = max(1, min(min_block, grid[0] * grid[1]))
+        self.log_aspect = (math.log(aspect[0]), math.log(aspect[1]))
+        self.max_attempts = max_attempts
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def _uniform(self, lo: float, hi: float, gen: torch.Generator | None) -> float:
+        return lo + (hi - lo) * float(torch.rand((), generator=gen))
+
+    def _one(self, target: int, gen: torch.Generator | None) -> Tensor:
+        h, w = self.grid
+        mask = torch.zeros(h, w, dtype=torch.bool)
+        count = 0
+        while count < target:
+            added = 0
+            for _ in range(self.max_attempts):
+                area = self._uniform(self.min_block, max(self.min_block, target - count), gen)
+                ar = math.exp(self._uniform(*self.log_aspect, gen))
+                bh = int(round(math.sqrt(area * ar)))
+                bw = int(round(math.sqrt(area / ar)))
+                if bh < 1 or bw < 1 or bh > h or bw > w:
+                    continue
+                top = int(torch.randint(0, h - bh + 1, (), generator=gen))
+                left = int(torch.randint(0, w - bw + 1, (), generator=gen))
+                block = mask[top : top + bh, left : left + bw]
+                new = int((~block).sum())
+                if 0 < new <= target - count:
+                    block.fill_(True)
+                    added = new
+                    break
+            if added == 0:
+                break
+            count += added
+        return mask.flatten()
+
+    def __call__(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
+        """Masks for ``batch_size`` images: bool [B, H*W]."""
+        out = torch.zeros(batch_size, self.num_patches, dtype=torch.bool)
+        for i in range(batch_size):
+            if float(torch.rand((), generator=generator)) >= self.mask_prob:
+                continue
+            r = self._uniform(self.ratio[0], self.ratio[1], generator)
+            out[i] = self._one(int(r * self.num_patches), generator)
+        return out

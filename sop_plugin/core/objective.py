@@ -1,0 +1,278 @@
+"""SOPObjective: the whole SOP training signal behind one module.
+
+It owns the class and patch memories, builds fresh SOP sets every step, computes the
+global SOP loss on [CLS] embeddings and SOP-MIM on masked patch embeddings, and then
+enqueues teacher embeddings. Hosts (the benchmark, solo-learn) only feed it head
+outputs; everything random is drawn from generators seeded by (seed, step), so every
+DDP rank and every resumed run draws the same SOP sets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from sop_plugin.core.anchors import ANCHOR_SELECTORS
+from sop_plugin.core.losses import koleo_loss, sop_global_loss, sop_mim_loss
+from sop_plugin.core.memory import SupportMemory
+from sop_plugin.core.retrieval import RETRIEVAL_BACKENDS, Retrieval, get_retrieval
+from sop_plugin.core.schedules import linear_warmup
+from sop_plugin.core.sops import SOPSet, build_sops
+
+
+@dataclass
+class SOPConfig:
+    """Every SOP hyper-parameter; defaults follow DESIGN.md section 1 / the reference code."""
+
+    dim: int = 256
+    class_memory_size: int = 65536
+    patch_memory_size: int = 8192
+    class_num_sets: int = 4
+    class_num_anchors: int = 64
+    class_num_supports: int = 8
+    patch_num_sets: int = 1
+    patch_num_anchors: int = 512
+    patch_num_supports: int = 0
+    smoothing: float = 0.1
+    student_temp: float = 0.1
+    teacher_temp: float = 0.07
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_steps: int = 0
+    mim_weight: float = 1.0
+    koleo_weight: float = 0.0
+    anchor_selection: str = "uniform"
+    retrieval: str = "torch"
+    seed: int = 0
+
+    def validate(self, global_batch_size: int | None = None) -> SOPConfig:
+        """Raise ``ValueError`` naming the setting and the fix for any inconsistent value."""
+        errors: list[str] = []
+        for name in ("student_temp", "teacher_temp", "warmup_teacher_temp"):
+            if getattr(self, name) <= 0:
+                errors.append(f"{name}={getattr(self, name)} must be > 0")
+        if not 0.0 <= self.smoothing < 1.0:
+            errors.append(f"smoothing={self.smoothing} must be in [0, 1)")
+        for name in ("mim_weight", "koleo_weight"):
+            if getattr(self, name) < 0:
+                errors.append(f"{name}={getattr(self, name)} must be >= 0")
+        if self.dim < 1:
+            errors.append(f"dim={self.dim} must be >= 1")
+        for level in ("class", "patch"):
+            size = getattr(self, f"{level}_memory_size")
+            p = getattr(self, f"{level}_num_anchors")
+            k = getattr(self, f"{level}_num_supports")
+            t = getattr(self, f"{level}_num_sets")
+            if t < 1:
+                errors.append(f"{level}_num_sets={t} must be >= 1")
+            if p < 2:
+                errors.append(f"{level}_num_anchors={p} must be >= 2 (a SOP set needs two regions)")
+            if k < 0:
+                errors.append(f"{level}_num_supports={k} must be >= 0")
+            if p * (k + 1) > size:
+                errors.append(
+                    f"{level}_num_anchors x ({level}_num_supports + 1) = {p * (k + 1)} exceeds "
+                    f"{level}_memory_size={size}: lower anchors/supports or enlarge the memory"
+                )
+            if global_batch_size is not None and global_batch_size > size:
+                errors.append(
+                    f"global batch {global_batch_size} exceeds {level}_memory_size={size}: "
+                    f"the memory must hold at least one step of embeddings"
+                )
+        if self.anchor_selection not in ANCHOR_SELECTORS:
+            errors.append(f"anchor_selection={self.anchor_selection!r}; choose one of {sorted(ANCHOR_SELECTORS)}")
+        if self.retrieval not in RETRIEVAL_BACKENDS:
+            errors.append(f"retrieval={self.retrieval!r}; choose one of {sorted(RETRIEVAL_BACKENDS)}")
+        if errors:
+            raise ValueError("invalid SOP settings:\n  - " + "\n  - ".join(errors))
+        return self
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass
+class SOPLossOutput:
+    """What one step of the objective returns (``loss`` carries the gradient)."""
+
+    loss: Tensor
+    cls_loss: Tensor
+    mim_loss: Tensor
+    koleo_loss: Tensor
+    teacher_temp: float
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _stack_sets(sets: list[SOPSet]) -> tuple[Tensor, Tensor]:
+    return torch.stack([s.supports for s in sets]), torch.stack([s.votes for s in sets])
+
+
+def assign_batched(z: Tensor, supports: Tensor, votes: Tensor, temperature: float) -> Tensor:
+    """:func:`assign` for T stacked sets at once: z [N, d] -> [T, N, P]."""
+    logits = torch.einsum("nd,trd->tnr", z, supports.to(z.dtype)) / temperature
+    return torch.bmm(logits.softmax(dim=-1), votes.to(z.dtype))
+
+
+class SOPObjective(nn.Module):
+    """Owns the SOP memories and computes L = L_cls + mim_weight L_mim + koleo_weight L_koleo."""
+
+    def __init__(self, cfg: SOPConfig | None = None, retrieval: Retrieval | None = None) -> None:
+        super().__init__()
+        self.cfg = (cfg or SOPConfig()).validate()
+        self.class_memory = SupportMemory(self.cfg.class_memory_size, self.cfg.dim, seed=self.cfg.seed)
+        self.patch_memory = SupportMemory(self.cfg.patch_memory_size, self.cfg.dim, seed=self.cfg.seed + 1)
+        self.retrieval = retrieval or get_retrieval(self.cfg.retrieval)
+        self._select = ANCHOR_SELECTORS[self.cfg.anchor_selection]
+
+    # ---------------------------------------------------------------- randomness
+    def generator(self, step: int, stream: int) -> torch.Generator:
+        """CPU generator for (seed, step, stream): identical on every rank and after resume."""
+        return torch.Generator().manual_seed(((self.cfg.seed * 1_000_003 + step) * 16 + stream) % (2**63))
+
+    def teacher_temperature(self, step: int) -> float:
+        c = self.cfg
+        return linear_warmup(step, c.warmup_teacher_temp_steps, c.warmup_teacher_temp, c.teacher_temp)
+
+    # ---------------------------------------------------------------- SOP sets
+    def build_sets(self, level: str, step: int) -> list[SOPSet]:
+        """Fresh SOP sets for ``level`` in {"class", "patch"} at ``step``."""
+        c = self.cfg
+        memory: SupportMemory = getattr(self, f"{level}_memory")
+        stream = 0 if level == "class" else 1
+        anchors = self._select(
+            memory.size,
+            getattr(c, f"{level}_num_anchors"),
+            getattr(c, f"{level}_num_sets"),
+            self.generator(step, stream),
+            memory.bank.device,
+        )
+        k = getattr(c, f"{level}_num_supports")
+        return [build_sops(memory.bank, a, k, c.smoothing, self.retrieval) for a in anchors]
+
+    # ---------------------------------------------------------------- forward
+    def forward(
+        self,
+        student_cls: Tensor,
+        teacher_cls: Tensor,
+        student_patches: Tensor | None = None,
+        teacher_patches: Tensor | None = None,
+        masks: Tensor | None = None,
+        step: int = 0,
+        update_memory: bool = True,
+    ) -> SOPLossOutput:
+        """One step of SOP.
+
+        Args:
+            student_cls: [V, B, d] student head outputs of all views (2 global first, then local).
+            teacher_cls: [G, B, d] teacher head outputs of the G global views (no gradient needed).
+            student_patches: [G, B, N, d] student patch outputs of the masked global views.
+            teacher_patches: [G, B, N, d] teacher patch outputs of the unmasked global views.
+            masks: [G, B, N] bool, True where the student's patch was masked.
+            step: global optimisation step (seeds the SOP sets, drives the temperature warm-up).
+            update_memory: enqueue teacher embeddings after computing the loss.
+        """
+        c = self.cfg
+        self._check_shapes(student_cls, teacher_cls, student_patches, teacher_patches, masks)
+        teacher_cls = teacher_cls.detach()
+        t_temp = self.teacher_temperature(step)
+        v, b, d = student_cls.shape
+        g = teacher_cls.shape[0]
+
+        supports, votes = _stack_sets(self.build_sets("class", step))
+        s_probs = assign_batched(student_cls.reshape(v * b, d).float(), supports, votes, c.student_temp)
+        with torch.no_grad():
+            t_probs = assign_batched(teacher_cls.reshape(g * b, d).float(), supports, votes, t_temp)
+        tn = supports.shape[0]
+        cls_loss = sop_global_loss(s_probs.view(tn, v, b, -1), t_probs.view(tn, g, b, -1))
+        stats = self._class_stats(t_probs)
+
+        zero = cls_loss.new_zeros(())
+        mim_loss = zero
+        use_mim = c.mim_weight > 0 and student_patches is not None and masks is not None
+        if use_mim:
+            assert teacher_patches is not None and masks is not None and student_patches is not None
+            m = masks.reshape(-1)
+            n = masks.shape[-1]
+            image_index = torch.arange(g * b, device=m.device).repeat_interleave(n)[m]
+            p_sup, p_votes = _stack_sets(self.build_sets("patch", step))
+            s_patch = student_patches.reshape(-1, d)[m].float()
+            sp = assign_batched(s_patch, p_sup, p_votes, c.student_temp)
+            with torch.no_grad():
+                t_patch = teacher_patches.detach().reshape(-1, d)[m].float()
+                tp = assign_batched(t_patch, p_sup, p_votes, t_temp)
+            mim_loss = sop_mim_loss(sp, tp, image_index, g * b)
+            stats["masked_fraction"] = float(m.float().mean())
+
+        koleo = zero
+        if c.koleo_weight > 0:
+            koleo = torch.stack([koleo_loss(student_cls[i].float()) for i in range(g)]).mean()
+
+        loss = cls_loss + c.mim_weight * mim_loss + c.koleo_weight * koleo
+        if update_memory:
+            self.update_memories(teacher_cls, teacher_patches, step)
+        return SOPLossOutput(loss, cls_loss, mim_loss, koleo, t_temp, stats)
+
+    @torch.no_grad()
+    def update_memories(self, teacher_cls: Tensor, teacher_patches: Tensor | None, step: int) -> None:
+        """Enqueue global view 0's teacher [CLS] of every image and one random patch per image."""
+        self.class_memory.enqueue(teacher_cls[0].float())
+        if teacher_patches is None:
+            return
+        rank, world = _rank_and_world()
+        b, n = teacher_patches.shape[1], teacher_patches.shape[2]
+        pick = torch.randint(0, n, (b * world,), generator=self.generator(step, 2))
+        pick = pick[rank * b : (rank + 1) * b].to(teacher_patches.device)
+        chosen = teacher_patches[0, torch.arange(b, device=teacher_patches.device), pick]
+        self.patch_memory.enqueue(chosen.float())
+
+    # ---------------------------------------------------------------- helpers
+    def _check_shapes(
+        self,
+        student_cls: Tensor,
+        teacher_cls: Tensor,
+        student_patches: Tensor | None,
+        teacher_patches: Tensor | None,
+        masks: Tensor | None,
+    ) -> None:
+        d = self.cfg.dim
+        if student_cls.ndim != 3 or teacher_cls.ndim != 3:
+            raise ValueError(
+                f"student_cls must be [V, B, d] and teacher_cls [G, B, d], got "
+                f"{tuple(student_cls.shape)} and {tuple(teacher_cls.shape)}"
+            )
+        if student_cls.shape[-1] != d or teacher_cls.shape[-1] != d:
+            raise ValueError(
+                f"embeddings have dim {student_cls.shape[-1]}/{teacher_cls.shape[-1]} but the SOP "
+                f"memories have dim={d}: set dim to the head's bottleneck dimension"
+            )
+        if teacher_cls.shape[1] != student_cls.shape[1] or teacher_cls.shape[0] > student_cls.shape[0]:
+            raise ValueError("teacher_cls must have the student's batch size and at most its number of views")
+        if student_patches is not None:
+            if teacher_patches is None or masks is None:
+                raise ValueError("student_patches need teacher_patches and masks")
+            g, b = teacher_cls.shape[:2]
+            if student_patches.shape != teacher_patches.shape or student_patches.shape[:2] != (g, b):
+                raise ValueError(
+                    f"patch outputs must both be [G={g}, B={b}, N, d], got "
+                    f"{tuple(student_patches.shape)} and {tuple(teacher_patches.shape)}"
+                )
+            if masks.shape != student_patches.shape[:3] or masks.dtype != torch.bool:
+                raise ValueError(f"masks must be bool [G, B, N] = {tuple(student_patches.shape[:3])}")
+
+    @staticmethod
+    def _class_stats(t_probs: Tensor) -> dict[str, float]:
+        """Diagnostics: teacher confidence and how evenly the SOPs are used."""
+        with torch.no_grad():
+            max_prob = float(t_probs.max(dim=-1).values.mean())
+            usage = t_probs.mean(dim=1)  # [T, P]
+            ent = -(usage * usage.clamp_min(1e-12).log()).sum(-1).mean()
+            norm_ent = float(ent / torch.log(torch.tensor(float(usage.shape[-1]))))
+        return {"teacher_max_prob": max_prob, "sop_usage_entropy": norm_ent}
