@@ -5,11 +5,16 @@ following ImageNet-C's middle severities:
 
 * ``gaussian_noise``: add N(0, 0.2^2) noise on the [0, 1] scale, then clip.
 * ``gaussian_blur``: Gaussian kernel, sigma = 1.0 px, 5 x 5, reflect padding.
-* ``contrast``: pull every pixel toward its image's mean, keeping 30 % of the
-  deviation (``mean + 0.3 * (x - mean)``).
+* ``contrast``: pull every pixel toward its image's mean, keeping 50 % of the
+  deviation (``mean + 0.5 * (x - mean)``).
+
+On raw-pixel Fashion-MNIST (cosine 20-NN, T = 0.07, clean 84.6 %) they give
+81.8 % (noise), 77.6 % (blur) and 77.2 % (contrast): comparable, moderate drops.
 
 Noise is drawn on CPU from a generator seeded with ``seed`` and then moved to
-the images' device, so a corrupted test set is identical on every machine.
+the images' device, so a corrupted test set is the same on every machine: bit
+for bit on CPU; on a GPU, float rounding moves some pixels by one grey level
+(seen on an H100: kNN 77.20 vs 77.21 %). Corrupt on CPU for exact repeats.
 """
 
 from __future__ import annotations

@@ -157,6 +157,32 @@ class SOPObjective(nn.Module):
         k = getattr(c, f"{level}_num_supports")
         return [build_sops(memory.bank, a, k, c.smoothing, self.retrieval) for a in anchors]
 
+    # ---------------------------------------------------------------- patch selection
+    def memory_patch_index(self, batch_size: int, num_patches: int, step: int, device: torch.device | str = "cpu") -> Tensor:
+        """Which patch of global view 0 each local image sends to the patch memory: [B] long.
+
+        Drawn for the global batch from the (seed, step) generator, then this rank's slice,
+        so DDP and single-process runs enqueue the same patches.
+        """
+        rank, world = _rank_and_world()
+        pick = torch.randint(0, num_patches, (batch_size * world,), generator=self.generator(step, 2))
+        return pick[rank * batch_size : (rank + 1) * batch_size].to(device)
+
+    def select_patches(self, masks: Tensor, step: int) -> tuple[Tensor, Tensor]:
+        """Flat token indices a host must embed for SOP-MIM, so heads run on few patches only.
+
+        Args:
+            masks: [G, B, N] bool student masks.
+        Returns:
+            masked: [M] indices into the G*B*N tokens of the global views (masked patches);
+            memory: [B] indices into the B*N tokens of global view 0 (patch-memory rows).
+        """
+        g, b, n = masks.shape
+        masked = torch.nonzero(masks.reshape(-1)).flatten()
+        pick = self.memory_patch_index(b, n, step, masks.device)
+        memory = torch.arange(b, device=masks.device) * n + pick
+        return masked, memory
+
     # ---------------------------------------------------------------- forward
     def forward(
         self,
@@ -167,17 +193,23 @@ class SOPObjective(nn.Module):
         masks: Tensor | None = None,
         step: int = 0,
         update_memory: bool = True,
+        memory_patches: Tensor | None = None,
     ) -> SOPLossOutput:
         """One step of SOP.
+
+        Patch embeddings come either dense, [G, B, N, d] for every patch of the global views,
+        or pre-selected with :meth:`select_patches` (cheaper: the head only sees those), as
+        [M, d] rows of the masked patches plus ``memory_patches`` [B, d].
 
         Args:
             student_cls: [V, B, d] student head outputs of all views (2 global first, then local).
             teacher_cls: [G, B, d] teacher head outputs of the G global views (no gradient needed).
-            student_patches: [G, B, N, d] student patch outputs of the masked global views.
-            teacher_patches: [G, B, N, d] teacher patch outputs of the unmasked global views.
+            student_patches: student outputs of the masked global views' patches (dense or [M, d]).
+            teacher_patches: teacher outputs of the same patches in the unmasked views.
             masks: [G, B, N] bool, True where the student's patch was masked.
             step: global optimisation step (seeds the SOP sets, drives the temperature warm-up).
             update_memory: enqueue teacher embeddings after computing the loss.
+            memory_patches: [B, d] teacher patch rows for the patch memory (pre-selected form).
         """
         c = self.cfg
         self._check_shapes(student_cls, teacher_cls, student_patches, teacher_patches, masks)
@@ -196,20 +228,22 @@ class SOPObjective(nn.Module):
 
         zero = cls_loss.new_zeros(())
         mim_loss = zero
-        use_mim = c.mim_weight > 0 and student_patches is not None and masks is not None
-        if use_mim:
-            assert teacher_patches is not None and masks is not None and student_patches is not None
-            m = masks.reshape(-1)
+        if student_patches is not None and teacher_patches is not None and masks is not None:
             n = masks.shape[-1]
-            image_index = torch.arange(g * b, device=m.device).repeat_interleave(n)[m]
-            p_sup, p_votes = _stack_sets(self.build_sets("patch", step))
-            s_patch = student_patches.reshape(-1, d)[m].float()
-            sp = assign_batched(s_patch, p_sup, p_votes, c.student_temp)
-            with torch.no_grad():
-                t_patch = teacher_patches.detach().reshape(-1, d)[m].float()
-                tp = assign_batched(t_patch, p_sup, p_votes, t_temp)
-            mim_loss = sop_mim_loss(sp, tp, image_index, g * b)
-            stats["masked_fraction"] = float(m.float().mean())
+            masked_idx, memory_idx = self.select_patches(masks, step)
+            if student_patches.ndim == 4:  # dense: select here
+                if memory_patches is None:
+                    memory_patches = teacher_patches[0].reshape(b * n, d)[memory_idx]
+                student_patches = student_patches.reshape(-1, d)[masked_idx]
+                teacher_patches = teacher_patches.reshape(-1, d)[masked_idx]
+            if c.mim_weight > 0:
+                image_index = masked_idx // n
+                p_sup, p_votes = _stack_sets(self.build_sets("patch", step))
+                sp = assign_batched(student_patches.float(), p_sup, p_votes, c.student_temp)
+                with torch.no_grad():
+                    tp = assign_batched(teacher_patches.detach().float(), p_sup, p_votes, t_temp)
+                mim_loss = sop_mim_loss(sp, tp, image_index, g * b)
+            stats["masked_fraction"] = float(masks.float().mean())
 
         koleo = zero
         if c.koleo_weight > 0:
@@ -217,21 +251,15 @@ class SOPObjective(nn.Module):
 
         loss = cls_loss + c.mim_weight * mim_loss + c.koleo_weight * koleo
         if update_memory:
-            self.update_memories(teacher_cls, teacher_patches, step)
+            self.update_memories(teacher_cls, memory_patches)
         return SOPLossOutput(loss, cls_loss, mim_loss, koleo, t_temp, stats)
 
     @torch.no_grad()
-    def update_memories(self, teacher_cls: Tensor, teacher_patches: Tensor | None, step: int) -> None:
-        """Enqueue global view 0's teacher [CLS] of every image and one random patch per image."""
+    def update_memories(self, teacher_cls: Tensor, memory_patches: Tensor | None = None) -> None:
+        """Enqueue global view 0's teacher [CLS] of every image and, if given, one patch row per image."""
         self.class_memory.enqueue(teacher_cls[0].float())
-        if teacher_patches is None:
-            return
-        rank, world = _rank_and_world()
-        b, n = teacher_patches.shape[1], teacher_patches.shape[2]
-        pick = torch.randint(0, n, (b * world,), generator=self.generator(step, 2))
-        pick = pick[rank * b : (rank + 1) * b].to(teacher_patches.device)
-        chosen = teacher_patches[0, torch.arange(b, device=teacher_patches.device), pick]
-        self.patch_memory.enqueue(chosen.float())
+        if memory_patches is not None:
+            self.patch_memory.enqueue(memory_patches.detach().float())
 
     # ---------------------------------------------------------------- helpers
     def _check_shapes(
@@ -259,13 +287,20 @@ class SOPObjective(nn.Module):
             if teacher_patches is None or masks is None:
                 raise ValueError("student_patches need teacher_patches and masks")
             g, b = teacher_cls.shape[:2]
-            if student_patches.shape != teacher_patches.shape or student_patches.shape[:2] != (g, b):
+            if masks.dtype != torch.bool or masks.ndim != 3 or masks.shape[:2] != (g, b):
+                raise ValueError(f"masks must be bool [G={g}, B={b}, N], got {masks.dtype} {tuple(masks.shape)}")
+            if student_patches.shape != teacher_patches.shape or student_patches.shape[-1] != d:
                 raise ValueError(
-                    f"patch outputs must both be [G={g}, B={b}, N, d], got "
+                    f"student and teacher patch outputs must have equal shapes ending in d={d}, got "
                     f"{tuple(student_patches.shape)} and {tuple(teacher_patches.shape)}"
                 )
-            if masks.shape != student_patches.shape[:3] or masks.dtype != torch.bool:
-                raise ValueError(f"masks must be bool [G, B, N] = {tuple(student_patches.shape[:3])}")
+            if student_patches.ndim == 4 and student_patches.shape[:3] != masks.shape:
+                raise ValueError(f"dense patch outputs must be [G, B, N, d] with masks [G, B, N] = {tuple(masks.shape)}")
+            if student_patches.ndim == 2 and student_patches.shape[0] != int(masks.sum()):
+                raise ValueError(
+                    f"pre-selected patch outputs must have one row per masked patch ({int(masks.sum())}), "
+                    f"got {student_patches.shape[0]}: use SOPObjective.select_patches"
+                )
 
     @staticmethod
     def _class_stats(t_probs: Tensor) -> dict[str, float]:

@@ -27,7 +27,9 @@ IDX_DTYPES: dict[int, np.dtype] = {
     0x0D: np.dtype(">f4"),
     0x0E: np.dtype(">f8"),
 }
-_CODES_BY_KIND: dict[str, int] = {dt.newbyteorder("=").str[1:]: code for code, dt in IDX_DTYPES.items()}
+_CODES_BY_KIND: dict[str, int] = {
+    dt.newbyteorder("=").str[1:]: code for code, dt in IDX_DTYPES.items()
+}
 
 
 class IdxFormatError(ValueError):
@@ -79,7 +81,9 @@ def read_idx_images(path: str | Path) -> np.ndarray:
     """Read an IDX image file: uint8 array ``[N, H, W]``."""
     array = read_idx(path)
     if array.ndim != 3 or array.dtype != np.uint8:
-        raise IdxFormatError(f"{path}: expected uint8 images [N, H, W], got {array.dtype} {array.shape}")
+        raise IdxFormatError(
+            f"{path}: expected uint8 images [N, H, W], got {array.dtype} {array.shape}"
+        )
     return array
 
 
@@ -111,4 +115,3 @@ def write_idx(path: str | Path, array: np.ndarray, compress: bool | None = None)
         data = buffer.getvalue()
     path.write_bytes(data)
     return path
-

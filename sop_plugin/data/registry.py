@@ -8,6 +8,7 @@ means adding one :class:`DatasetSpec`.
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +83,17 @@ def get_dataset(
     canonical = canonical_split(split)
     if canonical not in spec.splits:
         raise ValueError(f"dataset {spec.name!r} has splits {spec.splits}, not {split!r}")
+    unknown = sorted(set(options) - set(dataset_options(spec.name)))
+    if unknown:
+        accepted = ", ".join(dataset_options(spec.name)) or "none"
+        raise ValueError(f"dataset {spec.name!r} has no option {unknown}; its options: {accepted}")
     return spec.loader(path, canonical, download, **options)
+
+
+def dataset_options(name: str) -> list[str]:
+    """Source-specific keyword options of dataset ``name`` (e.g. ``image_size``)."""
+    params = inspect.signature(get_spec(name).loader).parameters.values()
+    return [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
 
 
 for _spec in (

@@ -33,7 +33,7 @@ def test_sop_loss_decreases_on_fixed_batch() -> None:
     with torch.no_grad():
         for _ in range(16):
             tc, tp = zip(*[teacher["enc"](v) for v in views[:2]])
-            obj.update_memories(teacher["head"](torch.stack(tc)), teacher["head"](torch.stack(tp)), step=0)
+            obj.update_memories(teacher["head"](torch.stack(tc)), teacher["head"](tp[0][:, 0]))
     opt = torch.optim.AdamW(student.parameters(), lr=1e-3)
     losses = []
     for _ in range(20):

@@ -152,6 +152,24 @@ def test_objective_rejects_wrong_dim_and_shapes() -> None:
     obj = SOPObjective(small_cfg())
     with pytest.raises(ValueError, match="dim"):
         obj(torch.randn(2, 3, 16), torch.randn(2, 3, 16))
-    with pytest.raises(ValueError, match="masks must be bool"):
+    with pytest.raises(ValueError, match="dense patch outputs"):
         obj(unit(2, 3, 32, seed=0).float(), unit(2, 3, 32, seed=0).float(), unit(2, 3, 4, 32, seed=0).float(),
             unit(2, 3, 4, 32, seed=0).float(), torch.ones(2, 3, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match="masks must be bool"):
+        obj(unit(2, 3, 32, seed=0).float(), unit(2, 3, 32, seed=0).float(), unit(2, 3, 4, 32, seed=0).float(),
+            unit(2, 3, 4, 32, seed=0).float(), torch.ones(2, 3, 4))
+
+
+def test_preselected_patches_equal_dense_patches() -> None:
+    dense, pre = SOPObjective(small_cfg()), SOPObjective(small_cfg())
+    s_cls, t_cls = unit(4, 5, 32, seed=1).float(), unit(2, 5, 32, seed=2).float()
+    s_p, t_p = unit(2, 5, 9, 32, seed=3).float(), unit(2, 5, 9, 32, seed=4).float()
+    masks = torch.rand(2, 5, 9, generator=torch.Generator().manual_seed(5)) < 0.5
+    out_dense = dense(s_cls, t_cls, s_p, t_p, masks, step=3)
+    masked, memory = pre.select_patches(masks, step=3)
+    out_pre = pre(s_cls, t_cls, s_p.reshape(-1, 32)[masked], t_p.reshape(-1, 32)[masked], masks, step=3,
+                  memory_patches=t_p[0].reshape(-1, 32)[memory])
+    assert torch.allclose(out_dense.loss, out_pre.loss)
+    assert torch.equal(dense.patch_memory.bank, pre.patch_memory.bank)
+    with pytest.raises(ValueError, match="one row per masked patch"):
+        pre(s_cls, t_cls, s_p.reshape(-1, 32)[:3], t_p.reshape(-1, 32)[:3], masks, step=3)

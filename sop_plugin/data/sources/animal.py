@@ -24,7 +24,18 @@ from ..splits import DEFAULT_SPLIT_SEED, DEFAULT_TEST_FRACTION, stratified_holdo
 
 log = logging.getLogger(__name__)
 
-ANIMAL_CLASSES = ("Bear", "Bird", "Cat", "Cow", "Dog", "Elephant", "Giraffe", "Horse", "Sheep", "Zebra")
+ANIMAL_CLASSES = (
+    "Bear",
+    "Bird",
+    "Cat",
+    "Cow",
+    "Dog",
+    "Elephant",
+    "Giraffe",
+    "Horse",
+    "Sheep",
+    "Zebra",
+)
 DATA_FILE = "animal_data_version_3.gz"
 LABEL_FILE = "animal_label_version_3.gz"
 INSTALL_HINT = "Install it with `pip install animal-mnist` (it is not a dependency of sop-plugin), or set data.path to the folder holding animal_data_version_3.gz and animal_label_version_3.gz."
@@ -101,8 +112,16 @@ def load_animal_mnist(
     those of the resulting training split, whichever split is returned.
     """
     directory = Path(path).expanduser() if path is not None else package_data_dir()
-    if directory is None or not (directory / DATA_FILE).is_file() or not (directory / LABEL_FILE).is_file():
-        where = "the package `animal_mnist` is not installed" if directory is None else f"no {DATA_FILE} + {LABEL_FILE} in {directory}"
+    if (
+        directory is None
+        or not (directory / DATA_FILE).is_file()
+        or not (directory / LABEL_FILE).is_file()
+    ):
+        where = (
+            "the package `animal_mnist` is not installed"
+            if directory is None
+            else f"no {DATA_FILE} + {LABEL_FILE} in {directory}"
+        )
         note = " (data.download=true cannot fetch it.)" if download else ""
         raise DatasetNotFoundError(f"Animal-MNIST not found: {where}. {INSTALL_HINT}{note}")
     images = load_pickled_array(directory / DATA_FILE).astype(np.uint8, copy=False)
@@ -113,7 +132,9 @@ def load_animal_mnist(
     log.info("animal-mnist: kept %d of %d images after dropping duplicates", len(keep), len(images))
     images, labels = images[keep], labels[keep]
     train_idx = stratified_holdout(labels, "train", test_fraction, seed)
-    chosen = train_idx if split == "train" else stratified_holdout(labels, "test", test_fraction, seed)
+    chosen = (
+        train_idx if split == "train" else stratified_holdout(labels, "test", test_fraction, seed)
+    )
     stats = channel_stats(to_nchw(images[train_idx], "NHW"))
     return ArrayDataset.from_arrays(
         "animal-mnist", split, images[chosen], labels[chosen], ANIMAL_CLASSES, "NHW", stats

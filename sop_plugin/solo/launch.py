@@ -1,0 +1,484 @@
+"""``sop-solo-pretrain`` and ``sop-solo-linear``: solo-learn's launchers with SOP registered.
+
+solo-learn's ``main_pretrain.py`` and ``main_linear.py`` live in its repository root, not
+in its package, so we ship our own equivalents. They take the same hydra command line::
+
+    sop-solo-pretrain --config-path scripts/pretrain/cifar --config-name sop.yaml key=value ++new=value
+    sop-solo-linear --config-path scripts/linear/cifar --config-name sop.yaml \\
+        "pretrained_feature_extractor='trained_models/sop/<run>/<name>-ep=99.ckpt'"
+
+and run any method of ``solo.methods.METHODS`` (DINO, BYOL, ... and now SOP) with
+solo-learn's config parsing, datasets, augmentations, checkpointer, auto-resume and
+wandb logging. Differences from solo-learn's scripts, all opt-in or fixes:
+
+* ``devices`` may be an int (``devices=1`` for CPU runs): solo-learn's parse_cfg needs a
+  list, Lightning's CPU accelerator an int.
+* nothing is downloaded unless ``++data.download=True`` (solo-learn downloads
+  CIFAR/STL by default).
+* ``custom`` image folders are evaluated at the training crop size (the first
+  augmentation's ``crop_size``, its ``mean``/``std``) instead of a fixed 224; for
+  linear evaluation, at ``data.augmentations.crop_size``. 224 keeps solo-learn's pipeline.
+* SOP runs under DDP without re-broadcasting buffers every step: its memories are
+  all-gathered, hence identical on every rank, and tens of MB large.
+* the pretrained checkpoint is loaded with ``weights_only=True`` and must contain every
+  backbone weight (solo-learn silently ignores missing ones).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+import sop_plugin.solo  # noqa: F401  (registers METHODS["sop"]; clear ImportError without solo-learn)
+from sop_plugin.solo.sop_method import num_devices
+
+log = logging.getLogger(__name__)
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# ---------------------------------------------------------------------- helpers
+def _select(cfg: DictConfig, key: str, default: Any = None) -> Any:
+    from solo.utils.misc import omegaconf_select
+
+    return omegaconf_select(cfg, key, default)
+
+
+def parse_with_devices(parse_fn: Callable[[DictConfig], DictConfig], cfg: DictConfig) -> DictConfig:
+    """Run solo-learn's ``parse_fn`` (which needs ``len(cfg.devices)``) with any ``devices``."""
+    OmegaConf.set_struct(cfg, False)
+    devices = _select(cfg, "devices", 1)
+    if not isinstance(devices, ListConfig):
+        cfg.devices = list(range(num_devices(devices)))
+    cfg = parse_fn(cfg)
+    cfg.devices = devices
+    return cfg
+
+
+def _image_folder_loaders(
+    train_path: str | Path,
+    val_path: str | Path,
+    crop_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    batch_size: int,
+    num_workers: int,
+):
+    """Train/val loaders over ImageFolders at ``crop_size`` (solo-learn's loader settings)."""
+    from torch.utils.data import DataLoader
+    from torchvision import transforms
+    from torchvision.datasets import ImageFolder
+
+    normalize = transforms.Normalize(mean=list(mean), std=list(std))
+    bicubic = transforms.InterpolationMode.BICUBIC
+    t_train = transforms.Compose(
+        [
+            transforms.RandomResizedCrop(crop_size, scale=(0.08, 1.0), interpolation=bicubic),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            normalize,
+        ]
+    )
+    t_val = transforms.Compose(
+        [
+            transforms.Resize(crop_size, interpolation=bicubic),
+            transforms.CenterCrop(crop_size),
+            transforms.ToTensor(),
+            normalize,
+        ]
+    )
+    pin = torch.cuda.is_available()
+    train = DataLoader(
+        ImageFolder(str(train_path), t_train),
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=num_workers,
+        pin_memory=pin,
+        drop_last=True,
+    )
+    val = DataLoader(
+        ImageFolder(str(val_path), t_val),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        pin_memory=pin,
+        drop_last=False,
+    )
+    return train, val
+
+
+def _classification_loaders(cfg: DictConfig, crop_size: int, mean, std, auto_augment: bool = False):
+    """solo-learn's classification loaders, or ours for ``custom`` folders not at 224."""
+    from solo.data.classification_dataloader import prepare_data
+
+    data_format = "image_folder" if cfg.data.format == "dali" else cfg.data.format
+    if cfg.data.dataset == "custom" and int(crop_size) != 224 and data_format == "image_folder":
+        if auto_augment:
+            raise ValueError("auto_augment is only supported at crop size 224 for custom datasets")
+        return _image_folder_loaders(
+            cfg.data.train_path,
+            cfg.data.val_path,
+            int(crop_size),
+            mean,
+            std,
+            cfg.optimizer.batch_size,
+            cfg.data.num_workers,
+        )
+    return prepare_data(
+        cfg.data.dataset,
+        train_data_path=cfg.data.train_path,
+        val_data_path=cfg.data.val_path,
+        data_format=data_format,
+        batch_size=cfg.optimizer.batch_size,
+        num_workers=cfg.data.num_workers,
+        download=bool(_select(cfg, "data.download", False)),
+        auto_augment=auto_augment,
+    )
+
+
+def _resume(cfg: DictConfig, checkpoint_dir: str) -> tuple[str | None, str | None]:
+    """(checkpoint to resume from, wandb run id) from auto-resume or ``resume_from_checkpoint``."""
+    from solo.utils.auto_resumer import AutoResumer
+
+    ckpt_path, wandb_run_id = None, None
+    if cfg.auto_resume.enabled and cfg.resume_from_checkpoint is None:
+        resumer = AutoResumer(checkpoint_dir=checkpoint_dir, max_hours=cfg.auto_resume.max_hours)
+        found, wandb_run_id = resumer.find_checkpoint(cfg)
+        if found is not None:
+            print(f"Resuming from previous checkpoint that matches specifications: '{found}'")
+            ckpt_path = str(found)
+    elif cfg.resume_from_checkpoint is not None:
+        ckpt_path = str(cfg.resume_from_checkpoint)
+        del cfg.resume_from_checkpoint
+    return ckpt_path, wandb_run_id
+
+
+def _callbacks_and_logger(cfg: DictConfig, model, logdir: str, wandb_run_id: str | None):
+    from lightning.pytorch.callbacks import LearningRateMonitor
+    from solo.utils.checkpointer import Checkpointer
+
+    callbacks: list[Any] = []
+    if cfg.checkpoint.enabled:
+        callbacks.append(
+            Checkpointer(
+                cfg,
+                logdir=logdir,
+                frequency=cfg.checkpoint.frequency,
+                keep_prev=cfg.checkpoint.keep_prev,
+            )
+        )
+    logger = None
+    if cfg.wandb.enabled:
+        from lightning.pytorch.loggers import WandbLogger
+
+        logger = WandbLogger(
+            name=cfg.name,
+            project=cfg.wandb.project,
+            entity=cfg.wandb.entity,
+            offline=cfg.wandb.offline,
+            resume="allow" if wandb_run_id else None,
+            id=wandb_run_id,
+        )
+        logger.watch(model, log="gradients", log_freq=100)
+        logger.log_hyperparams(OmegaConf.to_container(cfg))
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    return callbacks, logger
+
+
+def _trainer(cfg: DictConfig, callbacks: list[Any], logger: Any, broadcast_buffers: bool = True):
+    """A Lightning Trainer from the cfg keys that are Trainer arguments (as solo-learn)."""
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.strategies.ddp import DDPStrategy
+
+    values = OmegaConf.to_container(cfg)
+    valid = inspect.signature(Trainer.__init__).parameters
+    kwargs = {name: values[name] for name in valid if name in values}
+    strategy = cfg.strategy
+    if strategy == "ddp":
+        strategy = DDPStrategy(find_unused_parameters=False, broadcast_buffers=broadcast_buffers)
+    elif strategy is None:
+        strategy = "auto"
+    kwargs.update(
+        {
+            "logger": logger,
+            "callbacks": callbacks,
+            "enable_checkpointing": False,
+            "strategy": strategy,
+        }
+    )
+    return Trainer(**kwargs)
+
+
+# ---------------------------------------------------------------------- pretraining
+def run_pretrain(cfg: DictConfig):
+    """Pretrain ``cfg.method`` like solo-learn's main_pretrain.py; returns the Trainer."""
+    from lightning.pytorch import seed_everything
+    from solo.args.pretrain import parse_cfg
+    from solo.data.pretrain_dataloader import (
+        FullTransformPipeline,
+        NCropAugmentation,
+        build_transform_pipeline,
+        prepare_dataloader,
+        prepare_datasets,
+    )
+    from solo.methods import METHODS
+    from solo.utils.misc import make_contiguous
+
+    cfg = parse_with_devices(parse_cfg, cfg)
+    seed_everything(cfg.seed)
+
+    if cfg.method not in METHODS:
+        raise ValueError(f"unknown method {cfg.method!r}; choose one of {sorted(METHODS)}")
+    if cfg.data.num_large_crops != 2 and cfg.method not in ("wmse", "mae"):
+        raise ValueError(
+            f"{cfg.method} needs 2 large crops, the augmentations give {cfg.data.num_large_crops}"
+        )
+
+    model = METHODS[cfg.method](cfg)
+    make_contiguous(model)
+    if not cfg.performance.disable_channel_last:
+        model = model.to(memory_format=torch.channels_last)
+
+    val_loader = None
+    if cfg.data.dataset == "custom" and (cfg.data.no_labels or cfg.data.val_path is None):
+        pass  # nothing labelled to validate on
+    elif cfg.data.dataset in ("imagenet", "imagenet100") and cfg.data.val_path is None:
+        pass
+    else:
+        first = cfg.augmentations[0]
+        _, val_loader = _classification_loaders(
+            cfg,
+            first.crop_size,
+            first.get("mean", _IMAGENET_MEAN),
+            first.get("std", _IMAGENET_STD),
+        )
+
+    fit_kwargs: dict[str, Any] = {}
+    if cfg.data.format == "dali":
+        try:
+            from solo.data.dali_dataloader import (
+                PretrainDALIDataModule,
+                build_transform_pipeline_dali,
+            )
+        except ImportError as exc:
+            raise ImportError("data.format=dali needs NVIDIA DALI (solo-learn's [dali] extra)") from exc
+        transform = FullTransformPipeline(
+            [
+                NCropAugmentation(
+                    build_transform_pipeline_dali(cfg.data.dataset, aug, dali_device=cfg.dali.device),
+                    aug.num_crops,
+                )
+                for aug in cfg.augmentations
+            ]
+        )
+        datamodule = PretrainDALIDataModule(
+            dataset=cfg.data.dataset,
+            train_data_path=cfg.data.train_path,
+            transforms=transform,
+            num_large_crops=cfg.data.num_large_crops,
+            num_small_crops=cfg.data.num_small_crops,
+            num_workers=cfg.data.num_workers,
+            batch_size=cfg.optimizer.batch_size,
+            no_labels=cfg.data.no_labels,
+            data_fraction=cfg.data.fraction,
+            dali_device=cfg.dali.device,
+            encode_indexes_into_labels=cfg.dali.encode_indexes_into_labels,
+        )
+        datamodule.val_dataloader = lambda: val_loader
+        fit_kwargs["datamodule"] = datamodule
+    else:
+        transform = FullTransformPipeline(
+            [
+                NCropAugmentation(build_transform_pipeline(cfg.data.dataset, aug), aug.num_crops)
+                for aug in cfg.augmentations
+            ]
+        )
+        if cfg.debug_augmentations:
+            print("Transforms:")
+            print(transform)
+        train_dataset = prepare_datasets(
+            cfg.data.dataset,
+            transform,
+            train_data_path=cfg.data.train_path,
+            data_format=cfg.data.format,
+            no_labels=cfg.data.no_labels,
+            download=bool(_select(cfg, "data.download", False)),
+            data_fraction=cfg.data.fraction,
+        )
+        train_loader = prepare_dataloader(
+            train_dataset, batch_size=cfg.optimizer.batch_size, num_workers=cfg.data.num_workers
+        )
+        fit_kwargs.update({"train_dataloaders": train_loader, "val_dataloaders": val_loader})
+
+    logdir = os.path.join(cfg.checkpoint.dir, cfg.method)
+    ckpt_path, wandb_run_id = _resume(cfg, logdir)
+    callbacks, logger = _callbacks_and_logger(cfg, model, logdir, wandb_run_id)
+    if _select(cfg, "auto_umap.enabled", False):
+        from solo.utils.auto_umap import AutoUMAP
+
+        callbacks.append(
+            AutoUMAP(
+                cfg.name,
+                logdir=os.path.join(cfg.auto_umap.dir, cfg.method),
+                frequency=cfg.auto_umap.frequency,
+            )
+        )
+    trainer = _trainer(cfg, callbacks, logger, broadcast_buffers=cfg.method != "sop")
+    trainer.fit(model, ckpt_path=ckpt_path, **fit_kwargs)
+    return trainer
+
+
+# ---------------------------------------------------------------------- linear evaluation
+def load_backbone_weights(backbone: torch.nn.Module, ckpt_path: str | Path) -> None:
+    """Load the ``backbone.*`` weights of a solo-learn (or SOP) checkpoint into ``backbone``."""
+    path = str(ckpt_path)
+    if not path.endswith((".ckpt", ".pth", ".pt")):
+        raise ValueError(f"pretrained_feature_extractor={path!r} must be a .ckpt, .pth or .pt file")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"pretrained_feature_extractor {path!r} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state)
+    weights = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
+    if not weights:  # checkpoints of old solo-learn versions called the backbone "encoder"
+        weights = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
+    if not weights:
+        raise ValueError(f"{path} holds no 'backbone.*' weights: is it a pretraining checkpoint?")
+    missing, unexpected = backbone.load_state_dict(weights, strict=False)
+    if missing:
+        raise ValueError(
+            f"{path} does not fit the configured backbone: missing {sorted(missing)[:8]} "
+            "(check backbone.name and backbone.kwargs against the pretraining config)"
+        )
+    if unexpected:
+        log.warning("ignoring checkpoint weights the backbone has no place for: %s", sorted(unexpected)[:8])
+    log.info("Loaded %s", path)
+
+
+def run_linear(cfg: DictConfig):
+    """Linear evaluation like solo-learn's main_linear.py; returns the Trainer."""
+    import torch.nn as nn
+    from solo.args.linear import parse_cfg
+    from solo.methods.base import BaseMethod
+    from solo.methods.linear import LinearModel
+    from solo.utils.misc import make_contiguous
+    from timm.data.mixup import Mixup
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+    cfg = parse_with_devices(parse_cfg, cfg)
+
+    backbone = BaseMethod._BACKBONES[cfg.backbone.name](
+        method=cfg.pretrain_method, **cfg.backbone.kwargs
+    )
+    if cfg.backbone.name.startswith("resnet"):
+        backbone.fc = nn.Identity()
+        if cfg.data.dataset in ("cifar10", "cifar100"):
+            backbone.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=2, bias=False)
+            backbone.maxpool = nn.Identity()
+    if cfg.pretrained_feature_extractor is None:
+        raise ValueError("set pretrained_feature_extractor to the pretraining checkpoint (.ckpt)")
+    load_backbone_weights(backbone, cfg.pretrained_feature_extractor)
+
+    mixup_func = None
+    if cfg.mixup > 0 or cfg.cutmix > 0:
+        mixup_func = Mixup(
+            mixup_alpha=cfg.mixup,
+            cutmix_alpha=cfg.cutmix,
+            cutmix_minmax=None,
+            prob=1.0,
+            switch_prob=0.5,
+            mode="batch",
+            label_smoothing=cfg.label_smoothing,
+            num_classes=cfg.data.num_classes,
+        )
+        loss_func = SoftTargetCrossEntropy()
+    elif cfg.label_smoothing > 0:
+        loss_func = LabelSmoothingCrossEntropy(smoothing=cfg.label_smoothing)
+    else:
+        loss_func = nn.CrossEntropyLoss()
+
+    model = LinearModel(backbone, loss_func=loss_func, mixup_func=mixup_func, cfg=cfg)
+    make_contiguous(model)
+    if not cfg.performance.disable_channel_last:
+        model = model.to(memory_format=torch.channels_last)
+
+    aug = cfg.data.augmentations
+    train_loader, val_loader = _classification_loaders(
+        cfg, aug.crop_size, aug.mean, aug.std, auto_augment=cfg.auto_augment
+    )
+    fit_kwargs: dict[str, Any] = {"train_dataloaders": train_loader, "val_dataloaders": val_loader}
+    if cfg.data.format == "dali":
+        try:
+            from solo.data.dali_dataloader import ClassificationDALIDataModule
+        except ImportError as exc:
+            raise ImportError("data.format=dali needs NVIDIA DALI (solo-learn's [dali] extra)") from exc
+        if cfg.auto_augment:
+            raise ValueError("auto_augment is not supported with DALI")
+        datamodule = ClassificationDALIDataModule(
+            dataset=cfg.data.dataset,
+            train_data_path=cfg.data.train_path,
+            val_data_path=cfg.data.val_path,
+            num_workers=cfg.data.num_workers,
+            batch_size=cfg.optimizer.batch_size,
+            data_fraction=cfg.data.fraction,
+            dali_device=cfg.dali.device,
+        )
+        datamodule.val_dataloader = lambda: val_loader
+        fit_kwargs = {"datamodule": datamodule}
+
+    logdir = os.path.join(cfg.checkpoint.dir, "linear")
+    ckpt_path, wandb_run_id = _resume(cfg, logdir)
+    callbacks, logger = _callbacks_and_logger(cfg, model, logdir, wandb_run_id)
+    trainer = _trainer(cfg, callbacks, logger)
+    trainer.fit(model, ckpt_path=ckpt_path, **fit_kwargs)
+    return trainer
+
+
+# ---------------------------------------------------------------------- entry points
+def absolute_config_path(argv: list[str]) -> list[str]:
+    """``argv`` with ``--config-path``/``-cp`` made absolute (hydra resolves relative ones
+    against this file's folder; solo-learn's scripts against the working directory)."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        for flag in ("--config-path", "-cp"):
+            if arg == flag and i + 1 < len(out):
+                out[i + 1] = os.path.abspath(out[i + 1])
+            elif arg.startswith(flag + "="):
+                out[i] = f"{flag}={os.path.abspath(arg.split('=', 1)[1])}"
+    return out
+
+
+@hydra.main(version_base="1.2", config_path=None, config_name=None)
+def _pretrain_hydra(cfg: DictConfig) -> None:
+    OmegaConf.set_struct(cfg, False)
+    run_pretrain(cfg)
+
+
+@hydra.main(version_base="1.2", config_path=None, config_name=None)
+def _linear_hydra(cfg: DictConfig) -> None:
+    OmegaConf.set_struct(cfg, False)
+    run_linear(cfg)
+
+
+def pretrain_main() -> None:
+    """``sop-solo-pretrain --config-path DIR --config-name NAME.yaml [key=value ...]``."""
+    sys.argv = absolute_config_path(sys.argv)
+    _pretrain_hydra()
+
+
+def linear_main() -> None:
+    """``sop-solo-linear --config-path DIR --config-name NAME.yaml [key=value ...]``."""
+    sys.argv = absolute_config_path(sys.argv)
+    _linear_hydra()
+
+
+if __name__ == "__main__":  # python -m sop_plugin.solo.launch behaves as sop-solo-pretrain
+    pretrain_main()

@@ -1,0 +1,94 @@
+"""Tests for sop_plugin.bench.plots and sop_plugin.bench.report."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from sop_plugin.bench.plots import plot_learning_curves, plot_metric_bars, plot_sop_grid
+from sop_plugin.bench.report import METRICS, validate_results, write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _metrics(knn: float) -> dict[str, float | int]:
+    return {
+        "knn_top1": knn,
+        "linear_top1": knn + 1,
+        "map_at_r": 40.0,
+        "recall_at_1": 80.0,
+        "corrupt_knn_top1": knn - 5,
+        "train_seconds": 120.0,
+        "step_seconds_median": 0.05,
+        "peak_rss_mb": 900.0,
+        "epochs": 3,
+    }
+
+
+RESULTS = {
+    "dataset": "fashion-mnist",
+    "seed": 0,
+    "profile": "cpu-smoke",
+    "raw_pixel_knn_top1": 84.59,
+    "methods": {"sop": _metrics(86.5), "dino": _metrics(85.0), "ibot": _metrics(85.25)},
+}
+
+
+def _is_png(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 1000 and path.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_plots_write_png_files(tmp_path: Path) -> None:
+    curves = {"sop": [(1, 70.0), (2, 75.5)], "dino": [(1, 68.0), (2, 74.0)]}
+    assert _is_png(plot_learning_curves(curves, 84.59, tmp_path / "curves.png"))
+    assert _is_png(plot_learning_curves(curves, None, tmp_path / "curves_nofloor.png"))
+    bars = {m: v for m, v in RESULTS["methods"].items()}
+    assert _is_png(plot_metric_bars(bars, ["knn_top1", "linear_top1"], tmp_path / "bars.png"))
+    gray = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8)
+    support = torch.randint(0, 256, (3, 4, 1, 8, 8), dtype=torch.uint8)
+    assert _is_png(plot_sop_grid(gray, support, tmp_path / "sop_gray.png", torch.rand(3, 4)))
+    rgb = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    support_rgb = torch.randint(0, 256, (2, 5, 3, 8, 8), dtype=torch.uint8)
+    assert _is_png(plot_sop_grid(rgb, support_rgb, tmp_path / "sub" / "sop_rgb.png"))
+    with pytest.raises(ValueError, match="similarities"):
+        plot_sop_grid(gray, support, tmp_path / "bad.png", torch.rand(3, 2))
+
+
+def test_report_has_table_rows_floor_and_plot_links(tmp_path: Path) -> None:
+    (tmp_path / "curves.png").write_bytes(PNG_MAGIC)
+    path = write_report(RESULTS, tmp_path)
+    assert path == tmp_path / "report.md"
+    text = path.read_text()
+    assert "84.59" in text and "fashion-mnist" in text
+    table = [line for line in text.splitlines() if line.startswith("| ")]
+    assert len(table) == 4  # header + one row per method
+    assert table[1].startswith("| sop | **86.50** | **87.50** |")
+    assert table[2].startswith("| dino | 85.00 |")
+    assert table[2].endswith("| 120 | 0.050 | 900 | 3 |")
+    assert "![curves](curves.png)" in text
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d.pop("seed"), "'seed'"),
+        (lambda d: d.__setitem__("raw_pixel_knn_top1", "84"), "raw_pixel_knn_top1"),
+        (lambda d: d["methods"]["dino"].pop("map_at_r"), "'dino'.*'map_at_r'"),
+        (lambda d: d["methods"]["ibot"].__setitem__("epochs", 3.0), "'ibot'.*'epochs'"),
+        (lambda d: d["methods"]["sop"].__setitem__("knn_top1", True), "'sop'.*'knn_top1'"),
+        (lambda d: d.__setitem__("methods", {}), "methods"),
+    ],
+)
+def test_validate_results_names_the_bad_key(edit, message: str) -> None:
+    validate_results(RESULTS)
+    broken = copy.deepcopy(RESULTS)
+    edit(broken)
+    with pytest.raises(ValueError, match=message):
+        validate_results(broken)
+
+
+def test_metric_order_is_the_documented_schema() -> None:
+    assert set(METRICS) == set(_metrics(0.0))
