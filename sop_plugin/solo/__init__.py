@@ -17,8 +17,8 @@ except ImportError as exc:  # solo-learn missing, or installed but not importabl
         "sop_plugin.solo needs solo-learn 1.0.6, which is not importable here "
         f"({type(exc).__name__}: {exc}). PyPI only has the unusable 1.0.2: install solo-learn "
         "from its git repository, e.g. `pip install 'setuptools>=77.0.3,<81'` then "
-        "`pip install --no-build-isolation ./solo-learn` from a clone of "
-        "github.com/vturrisi/solo-learn (lightning 2.1.2 needs setuptools' pkg_resources); "
+        "`pip install --no-build-isolation ./solo-learn` from a clone of its git "
+        "repository vturrisi/solo-learn (lightning 2.1.2 needs setuptools' pkg_resources); "
         "see the README section 'With solo-learn'."
     ) from exc
 

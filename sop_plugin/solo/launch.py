@@ -207,6 +207,10 @@ def _trainer(cfg: DictConfig, callbacks: list[Any], logger: Any, broadcast_buffe
         strategy = DDPStrategy(find_unused_parameters=False, broadcast_buffers=broadcast_buffers)
     elif strategy is None:
         strategy = "auto"
+    if (
+        logger is None
+    ):  # as solo-learn: Lightning's default logger, unless the cfg says logger=False
+        logger = kwargs.get("logger", None)
     kwargs.update(
         {
             "logger": logger,
@@ -270,11 +274,15 @@ def run_pretrain(cfg: DictConfig):
                 build_transform_pipeline_dali,
             )
         except ImportError as exc:
-            raise ImportError("data.format=dali needs NVIDIA DALI (solo-learn's [dali] extra)") from exc
+            raise ImportError(
+                "data.format=dali needs NVIDIA DALI (solo-learn's [dali] extra)"
+            ) from exc
         transform = FullTransformPipeline(
             [
                 NCropAugmentation(
-                    build_transform_pipeline_dali(cfg.data.dataset, aug, dali_device=cfg.dali.device),
+                    build_transform_pipeline_dali(
+                        cfg.data.dataset, aug, dali_device=cfg.dali.device
+                    ),
                     aug.num_crops,
                 )
                 for aug in cfg.augmentations
@@ -359,7 +367,9 @@ def load_backbone_weights(backbone: torch.nn.Module, ckpt_path: str | Path) -> N
             "(check backbone.name and backbone.kwargs against the pretraining config)"
         )
     if unexpected:
-        log.warning("ignoring checkpoint weights the backbone has no place for: %s", sorted(unexpected)[:8])
+        log.warning(
+            "ignoring checkpoint weights the backbone has no place for: %s", sorted(unexpected)[:8]
+        )
     log.info("Loaded %s", path)
 
 
@@ -419,7 +429,9 @@ def run_linear(cfg: DictConfig):
         try:
             from solo.data.dali_dataloader import ClassificationDALIDataModule
         except ImportError as exc:
-            raise ImportError("data.format=dali needs NVIDIA DALI (solo-learn's [dali] extra)") from exc
+            raise ImportError(
+                "data.format=dali needs NVIDIA DALI (solo-learn's [dali] extra)"
+            ) from exc
         if cfg.auto_augment:
             raise ValueError("auto_augment is not supported with DALI")
         datamodule = ClassificationDALIDataModule(

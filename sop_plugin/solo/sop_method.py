@@ -164,8 +164,10 @@ def _check_method_kwargs(cfg: omegaconf.DictConfig) -> None:
     if not unknown:
         try:
             sop_config_from_cfg(cfg).validate(global_batch_size(cfg))
-        except ValueError as exc:
-            errors.append(str(exc))
+        except ValueError as exc:  # SOPConfig lists its problems one per "  - " line
+            lines = [ln.strip() for ln in str(exc).splitlines()]
+            items = [ln[2:] for ln in lines if ln.startswith("- ")]
+            errors.extend(items or [str(exc)])
         except (TypeError, OmegaConfBaseException) as exc:
             errors.append(f"malformed SOP setting: {exc}")
     if errors:
@@ -325,7 +327,9 @@ class SOP(BaseMomentumMethod):
             out["z_patches"] = self.head(tokens[:, self.num_prefix_tokens :])
         else:
             feats = self.backbone(X)
-        out.update({"feats": feats, "logits": self.classifier(feats.detach()), "z": self.head(feats)})
+        out.update(
+            {"feats": feats, "logits": self.classifier(feats.detach()), "z": self.head(feats)}
+        )
         return out
 
     def forward(self, X: Tensor) -> dict[str, Any]:
@@ -408,7 +412,9 @@ class SOP(BaseMomentumMethod):
             metrics["train_sop_koleo_loss"] = result.koleo_loss
         self.log_dict(metrics, on_epoch=True, sync_dist=True)
         extras = {"sop_teacher_temp": result.teacher_temp}
-        extras.update({f"sop_{k}": v for k, v in result.stats.items()})
+        extras.update(
+            {k if k.startswith("sop_") else f"sop_{k}": v for k, v in result.stats.items()}
+        )
         self.log_dict(extras, on_epoch=False, on_step=True)
         return result.loss + out["loss"]
 

@@ -1,0 +1,202 @@
+"""SOP's method_kwargs: defaults, mapping onto SOPConfig, validation, shipped configs."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("solo", reason="solo-learn 1.0.6 is not installed (optional extra, see README)")
+
+from pathlib import Path  # noqa: E402
+
+from omegaconf import OmegaConf  # noqa: E402
+
+from sop_plugin.core import SOPConfig  # noqa: E402
+from sop_plugin.solo.sop_method import (  # noqa: E402
+    METHOD_KWARGS_DEFAULTS,
+    SOP,
+    global_batch_size,
+    num_devices,
+    sop_config_from_cfg,
+)
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+
+
+def make_cfg(method_kwargs=None, backbone="vit_tiny", small_crops=0, large_crops=2, **top):
+    cfg = {
+        "name": "test",
+        "method": "sop",
+        "backbone": {"name": backbone, "kwargs": {}},
+        "method_kwargs": method_kwargs or {},
+        "momentum": {"base_tau": 0.99, "final_tau": 1.0},
+        "data": {
+            "dataset": "custom",
+            "num_classes": 5,
+            "num_large_crops": large_crops,
+            "num_small_crops": small_crops,
+        },
+        "optimizer": {
+            "name": "adamw",
+            "batch_size": 8,
+            "lr": 1e-3,
+            "classifier_lr": 1e-3,
+            "weight_decay": 0.0,
+        },
+        "scheduler": {"name": "none"},
+        "max_epochs": 1,
+        "devices": 1,
+        "seed": 7,
+    }
+    cfg.update(top)
+    cfg = OmegaConf.create(cfg)
+    OmegaConf.set_struct(cfg, False)
+    return cfg
+
+
+def test_defaults_are_filled_and_follow_sopconfig():
+    cfg = SOP.add_and_assert_specific_cfg(make_cfg())
+    for key, value in METHOD_KWARGS_DEFAULTS.items():
+        got = cfg.method_kwargs[key]
+        assert (OmegaConf.to_object(got) if OmegaConf.is_config(got) else got) == value, key
+    sop_cfg = sop_config_from_cfg(cfg)
+    expected = SOPConfig(seed=7)  # seed: None -> the run's seed
+    assert sop_cfg == expected
+    # solo-learn's own defaults are there too
+    assert cfg.momentum.classifier is False and cfg.knn_eval.enabled is False
+
+
+def test_method_kwargs_reach_the_objective():
+    mk = {
+        "proj_output_dim": 128,
+        "class_memory_size": 4096,
+        "class_num_anchors": 32,
+        "class_num_supports": 4,
+        "patch_num_supports": 2,
+        "student_temperature": 0.2,
+        "teacher_temperature": 0.05,
+        "warmup_teacher_temperature": 0.03,
+        "mim_weight": 0.5,
+        "koleo_weight": 0.1,
+        "retrieval": "faiss",
+        "seed": 3,
+    }
+    sop_cfg = sop_config_from_cfg(SOP.add_and_assert_specific_cfg(make_cfg(mk)))
+    assert sop_cfg.dim == 128 and sop_cfg.class_memory_size == 4096
+    assert (sop_cfg.class_num_anchors, sop_cfg.class_num_supports) == (32, 4)
+    assert sop_cfg.patch_num_supports == 2
+    assert (sop_cfg.student_temp, sop_cfg.teacher_temp, sop_cfg.warmup_teacher_temp) == (
+        0.2,
+        0.05,
+        0.03,
+    )
+    assert (sop_cfg.mim_weight, sop_cfg.koleo_weight) == (0.5, 0.1)
+    assert sop_cfg.retrieval == "faiss" and sop_cfg.seed == 3
+
+
+@pytest.mark.parametrize(
+    ("method_kwargs", "top", "message"),
+    [
+        ({"class_num_anchor": 8}, {}, "unknown method_kwargs ['class_num_anchor']"),
+        ({"mask_prob": 1.5}, {}, "mask_prob"),
+        ({"mask_ratio": [0.6, 0.2]}, {}, "mask_ratio"),
+        ({"class_memory_size": 100}, {}, "exceeds class_memory_size=100"),
+        (
+            {"patch_memory_size": 16, "patch_num_anchors": 4},
+            {"devices": [0, 1, 2]},
+            "global batch 24 exceeds patch_memory_size=16",
+        ),
+        ({"student_temperature": 0.0}, {}, "student_temp"),
+        ({"anchor_selection": "nope"}, {}, "anchor_selection"),
+        ({"retrieval": "nope"}, {}, "retrieval"),
+        ({"warmup_teacher_temperature_epochs": -1}, {}, "warmup_teacher_temperature_epochs"),
+        ({"clip_grad": -1.0}, {}, "clip_grad"),
+    ],
+)
+def test_invalid_settings_raise_clear_errors(method_kwargs, top, message):
+    with pytest.raises(ValueError, match="invalid SOP config") as info:
+        SOP.add_and_assert_specific_cfg(make_cfg(method_kwargs, **top))
+    assert message in str(info.value)
+
+
+def test_needs_two_global_crops():
+    with pytest.raises(ValueError, match="exactly 2 global"):
+        SOP.add_and_assert_specific_cfg(make_cfg(large_crops=3))
+
+
+def test_vit_with_local_crops_gets_dynamic_img_size():
+    cfg = SOP.add_and_assert_specific_cfg(make_cfg(small_crops=4))
+    assert cfg.backbone.kwargs.dynamic_img_size is True
+    cfg = make_cfg(small_crops=4)
+    cfg.backbone.kwargs.dynamic_img_size = False
+    with pytest.raises(ValueError, match="dynamic_img_size"):
+        SOP.add_and_assert_specific_cfg(cfg)
+    cfg = SOP.add_and_assert_specific_cfg(make_cfg(backbone="resnet18", small_crops=4))
+    assert "dynamic_img_size" not in cfg.backbone.kwargs
+
+
+def test_device_counting():
+    assert [num_devices(d) for d in (1, 4, [0, 1], "2", "0,1", "auto", -1)] == [1, 4, 2, 2, 2, 1, 1]
+    assert global_batch_size(make_cfg(devices=[0, 1, 2], num_nodes=2)) == 8 * 3 * 2
+
+
+def _compose(folder, name, overrides=()):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(folder), version_base="1.2"):
+        cfg = compose(config_name=name, overrides=list(overrides))
+    OmegaConf.set_struct(cfg, False)
+    return cfg
+
+
+def _count_crops(cfg):
+    big = cfg.augmentations[0].crop_size
+    cfg.data.num_large_crops = sum(a.num_crops for a in cfg.augmentations if a.crop_size == big)
+    cfg.data.num_small_crops = sum(a.num_crops for a in cfg.augmentations if a.crop_size != big)
+
+
+@pytest.mark.parametrize("dataset", ["cifar", "imagenet-100", "imagenet", "fashion-mnist"])
+def test_shipped_pretrain_configs_are_valid(dataset):
+    from solo.methods import DINO
+
+    folder = SCRIPTS / "pretrain" / dataset
+    sop = _compose(folder, "sop.yaml")
+    _count_crops(sop)
+    assert sop.method == "sop" and sop.data.num_large_crops == 2 and sop.data.num_small_crops > 0
+    assert sop.wandb.enabled is False
+    sop = SOP.add_and_assert_specific_cfg(sop)
+    assert set(sop.method_kwargs) == set(METHOD_KWARGS_DEFAULTS)
+
+    dino = _compose(folder, "dino.yaml")
+    _count_crops(dino)
+    assert dino.method == "dino" and dino.data.num_small_crops == 0
+    dino = DINO.add_and_assert_specific_cfg(dino)
+    # matched settings: only the objective differs
+    for key in ("backbone", "momentum", "optimizer", "scheduler", "max_epochs", "data"):
+        a, b = (
+            OmegaConf.to_object(c[key]) if OmegaConf.is_config(c[key]) else c[key]
+            for c in (sop, dino)
+        )
+        if key == "data":
+            a.pop("num_small_crops")
+            b.pop("num_small_crops")
+        assert a == b, key
+    for key in ("proj_hidden_dim", "proj_output_dim", "student_temperature", "teacher_temperature",
+                "warmup_teacher_temperature", "warmup_teacher_temperature_epochs", "clip_grad"):  # fmt: skip
+        assert sop.method_kwargs[key] == dino.method_kwargs[key], key
+    assert OmegaConf.to_container(sop.augmentations)[:2] == OmegaConf.to_container(
+        dino.augmentations
+    )
+
+    # the strictly matched pair: SOP on the global crops only
+    sop_global = _compose(folder, "sop.yaml", ["augmentations=global.yaml"])
+    _count_crops(sop_global)
+    assert sop_global.data.num_small_crops == 0
+
+
+@pytest.mark.parametrize("dataset", ["cifar", "imagenet-100", "imagenet", "fashion-mnist"])
+def test_shipped_linear_configs_match_pretraining(dataset):
+    linear = _compose(SCRIPTS / "linear" / dataset, "sop.yaml")
+    pretrain = _compose(SCRIPTS / "pretrain" / dataset, "sop.yaml")
+    assert linear.pretrain_method == "sop"
+    assert OmegaConf.to_container(linear.backbone) == OmegaConf.to_container(pretrain.backbone)
+    assert linear.data.dataset == pretrain.data.dataset
