@@ -33,7 +33,7 @@ data:
 	fi
 
 test: setup
-	$(PY) -m pytest -q
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q
 
 bench: setup
 	$(VENV)/bin/sop-bench $(BENCH_ARGS)

@@ -1,4 +1,4 @@
-"""Lightning callbacks of the benchmark: per-epoch kNN monitor, step timer, atomic checkpoints."""
+"""Lightning callbacks of the benchmark: per-epoch kNN monitor, step timer, checkpoints (atomic, safe to load)."""
 
 from __future__ import annotations
 
@@ -10,16 +10,19 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from sop_plugin.bench.evaluation import knn_top1
+from sop_plugin.core.checkpoint import load_checkpoint
 
 
 class KNNMonitor(L.Callback):
     """kNN top-1 of the teacher's [CLS] features before training and after every epoch.
 
     Uses fixed subsets (first ``train_n`` train / ``test_n`` test images) so the curve
-    is cheap; the final, full evaluation happens after training.
+    is cheap; the final, full evaluation happens after training. Under DDP only rank 0
+    measures (the others would compute the same numbers and discard them).
     """
 
     def __init__(self, train_images: torch.Tensor, train_labels: torch.Tensor, test_images: torch.Tensor,
@@ -29,6 +32,8 @@ class KNNMonitor(L.Callback):
         self.curve: list[tuple[float, float]] = []
 
     def _measure(self, trainer: L.Trainer, module: Any, epoch: float) -> None:
+        if not trainer.is_global_zero:
+            return
         tr_x, tr_y, te_x, te_y = self.data
         acc = knn_top1(module.features(tr_x), tr_y, module.features(te_x), te_y, k=self.k,
                        temperature=self.temperature)
@@ -72,14 +77,51 @@ class StepTimer(L.Callback):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write checkpoints to a temporary file and rename, so a crash never leaves half a file."""
+    """Atomic writes (temporary file, fsync, rename) and safe reads of checkpoints.
+
+    A crash or SIGKILL mid-write leaves the previous checkpoint intact (plus a stray
+    ``*.tmp``, never read). Reads go through :func:`sop_plugin.core.checkpoint.load_checkpoint`:
+    torch's ``weights_only`` unpickler, truncated files refused, unknown pickled types only
+    with ``trust_checkpoint``.
+    """
+
+    def __init__(self, trust_checkpoint: bool = False) -> None:
+        super().__init__()
+        self.trust_checkpoint = trust_checkpoint
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        super().save_checkpoint(checkpoint, tmp, storage_options)
-        os.replace(tmp, path)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        try:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        return load_checkpoint(path, trust_checkpoint=self.trust_checkpoint, map_location="cpu")
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` every ``every_n_steps`` optimisation steps (0: never mid-epoch), after every
+    epoch and when training ends, so a resume never loses more than ``every_n_steps`` steps."""
+
+    def __init__(self, dirpath: str | Path, every_n_steps: int = 0) -> None:
+        super().__init__(dirpath=dirpath, save_last=True, save_top_k=0,
+                         every_n_train_steps=every_n_steps or None, every_n_epochs=None if every_n_steps else 1)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save_last_if_new(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save_last_if_new(trainer)
+
+    def _save_last_if_new(self, trainer: L.Trainer) -> None:
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 def reset_peak_rss() -> None:

@@ -7,8 +7,15 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from sop_plugin.bench.nonfinite import NonFiniteLossError
 from sop_plugin.bench.runner import ConfigError, run
+from sop_plugin.core.checkpoint import CheckpointError
 from sop_plugin.data.errors import DatasetCorruptError, DatasetNotFoundError
+
+#: exit status of a bad setting, missing/corrupt data or an unusable checkpoint
+EXIT_BAD_INPUT = 2
+#: exit status of a run stopped at a non-finite loss
+EXIT_NONFINITE = 3
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
@@ -17,11 +24,18 @@ def _app(cfg: DictConfig) -> None:
     assert isinstance(resolved, dict)
     try:
         run(resolved)  # type: ignore[arg-type]
-    except (ConfigError, DatasetNotFoundError, DatasetCorruptError) as err:
+    except (ConfigError, DatasetNotFoundError, DatasetCorruptError, CheckpointError) as err:
         print(f"sop-bench: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_BAD_INPUT)
+    except NonFiniteLossError as err:
+        print(f"sop-bench: stopped: {err}", file=sys.stderr)
+        sys.exit(EXIT_NONFINITE)
 
 
 def main() -> None:
     """Console script: ``sop-bench [profile=quick|standard|full|gpu] [key=value ...]``."""
     _app()
+
+
+if __name__ == "__main__":
+    main()

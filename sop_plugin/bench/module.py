@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
+from sop_plugin.bench.distributed import exact_ddp_centers, rank_and_world
+from sop_plugin.bench.nonfinite import (
+    NonFiniteLossError,
+    checkpoint_hint,
+    describe,
+    finite_on_all_ranks,
+)
 from sop_plugin.bench.objectives import build_objective
 from sop_plugin.core import (
     BlockMaskGenerator,
@@ -27,7 +36,10 @@ class BenchModule(L.LightningModule):
 
     Batches are raw uint8 images [B, C, H, W] (+ labels, unused); multi-crop
     augmentation and masks are drawn here from generators seeded by
-    (seed, step, rank), so runs are reproducible and resumable.
+    (seed, step, chunk), where chunk numbers blocks of ``train.rng_chunk`` images of
+    the *global* batch: runs are reproducible and resumable, and a DDP run sees the
+    same views and masks as one process with the same global batch and chunk size.
+    Torch's global RNG (drop-path) is reseeded from (seed, step, rank) every step.
 
     Args:
         cfg: the resolved benchmark config (``model``, ``crops``, ``masks``, ``optim``,
@@ -61,11 +73,54 @@ class BenchModule(L.LightningModule):
         self.mask_gen = BlockMaskGenerator((grid, grid), mask_prob=mk["prob"], ratio=tuple(mk["ratio"]),
                                            min_block=mk.get("min_block", 4))
         self.seed = int(cfg.get("seed", 0))
+        t = cfg.get("train", {})
+        self.rng_chunk: int | None = t.get("rng_chunk")
+        self.on_nonfinite: str = t.get("on_nonfinite", "stop")
+        self.max_consecutive_skips: int = int(t.get("max_consecutive_skips", 10))
+        exact_ddp_centers(self.objective)
+        if not self.objective.uses_masks:  # unused without masks: DDP needs every trainable parameter used
+            self.student.masked_vit.mask_token.requires_grad_(False)
+        self.skipped_steps = 0
+        self._consecutive_skips = 0
+        self._skip = False
+        self._epoch_batches = (0, 0)  # (epoch, batches of it trained): resumes the sampler mid-epoch
+        self._last_ckpt_step: int | None = None
 
     # ------------------------------------------------------------------ randomness
-    def _generator(self, step: int) -> torch.Generator:
-        rank, world = self.global_rank, max(1, self.trainer.world_size if self._trainer else 1)
-        return torch.Generator().manual_seed((self.seed * 1_000_003 + step) * max(world, 1) + rank)
+    def _chunk_generators(self, step: int, batch_size: int) -> list[tuple[slice, torch.Generator]]:
+        """One generator per ``rng_chunk`` images, seeded by (seed, step, global chunk index)."""
+        rank, _ = rank_and_world()
+        chunk = self.rng_chunk or batch_size
+        if batch_size % chunk:
+            raise ValueError(f"train.rng_chunk={chunk} must divide the per-process batch size {batch_size}")
+        per_rank = batch_size // chunk
+        seeds = [_mix(self.seed, step, rank * per_rank + j) for j in range(per_rank)]
+        return [(slice(j * chunk, (j + 1) * chunk), torch.Generator().manual_seed(seed)) for j, seed in enumerate(seeds)]
+
+    def _views_and_masks(self, images: Tensor, step: int) -> tuple[list[Tensor], Tensor | None]:
+        """Multi-crop views [V x [B, C, h, w]] and student masks [2, B, N] (None without masks)."""
+        views_parts, mask_parts = [], []
+        for part, gen in self._chunk_generators(step, images.shape[0]):
+            chunk = images[part]
+            views_parts.append(self.augment(chunk, gen))
+            if self.objective.uses_masks:
+                mask_parts.append(self.mask_gen(2 * chunk.shape[0], gen).view(2, chunk.shape[0], -1))
+        views = views_parts[0] if len(views_parts) == 1 else [torch.cat(v) for v in zip(*views_parts)]
+        masks = None if not mask_parts else mask_parts[0] if len(mask_parts) == 1 else torch.cat(mask_parts, dim=1)
+        return views, masks
+
+    def _seed_global_rng(self, step: int) -> None:
+        """Drop-path and any other draw from torch's global RNG: a function of (seed, step, rank)."""
+        torch.manual_seed(_mix(self.seed, step, rank_and_world()[0], 7))
+
+    def batches_done(self, epoch: int) -> int:
+        """Batches of ``epoch`` already trained (what the sampler skips after a resume)."""
+        return self._epoch_batches[1] if self._epoch_batches[0] == epoch else 0
+
+    def data_position(self) -> tuple[int, int]:
+        """(epoch being trained, batches of it already trained), for :class:`GlobalBatchSampler`."""
+        epoch = int(self.current_epoch)
+        return epoch, self.batches_done(epoch)
 
     # ------------------------------------------------------------------ forward passes
     def _encode(self, enc: MaskedEncoder, views: list[Tensor], masks: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -79,13 +134,16 @@ class BenchModule(L.LightningModule):
         """``batch``: (uint8 images, labels[, dataset indices])."""
         images = batch[0]
         step = int(self.global_step)
-        gen = self._generator(step)
-        views = self.augment(images, gen)
+        epoch = int(self.current_epoch)
+        done = self.batches_done(epoch)
+        self._epoch_batches = (epoch, done + 1)
+        self._seed_global_rng(step)
+        snapshot = self._snapshot_buffers() if self.on_nonfinite == "skip" else None
+        views, masks = self._views_and_masks(images, step)
         views = [x.to(self.device) for x in views]
         g, b = 2, images.shape[0]
-        masks = None
-        if self.objective.uses_masks:
-            masks = self.mask_gen(g * b, gen).view(g, b, -1).to(self.device)
+        if masks is not None:
+            masks = masks.to(self.device)
         s_cls_g, s_patch = self._encode(self.student, views[:g], masks)
         s_cls = [s_cls_g]
         if len(views) > g:
@@ -97,21 +155,73 @@ class BenchModule(L.LightningModule):
             self.objective.observe_batch(batch[2])
         loss, logs = self.objective(torch.cat(s_cls), s_patch if masks is not None else None, t_cls,
                                     t_patch if masks is not None else None, masks, step)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"non-finite {self.method} loss at step {step}: {logs}; lower optim.lr or check the data"
-            )
-        self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=b)
+        self._skip = not finite_on_all_ranks(loss)
+        if self._skip:
+            self._on_nonfinite(step, loss, logs, snapshot)
+            return loss  # its gradients are dropped in on_before_optimizer_step
+        self._consecutive_skips = 0
+        sync = rank_and_world()[1] > 1
+        self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=b, sync_dist=sync)
         for k, val in logs.items():
-            self.log(f"train/{k}", float(val), on_step=False, on_epoch=True, batch_size=b)
+            self.log(f"train/{k}", float(val), on_step=False, on_epoch=True, batch_size=b, sync_dist=sync)
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    # ------------------------------------------------------------------ non-finite losses
+    def _snapshot_buffers(self) -> dict[str, Tensor]:
+        return {name: buf.detach().clone() for name, buf in self.objective.named_buffers()}
+
+    def _on_nonfinite(self, step: int, loss: Tensor, logs: dict[str, Any], snapshot: dict[str, Tensor] | None) -> None:
+        """Stop with a message naming the culprit, or (``skip``) undo the objective's state changes."""
+        ckpt = getattr(self._trainer.checkpoint_callback, "last_model_path", None) if self._trainer else None
+        if bool(torch.isfinite(loss.detach()).all()):  # another rank saw it: that rank's message names the culprit
+            rank = rank_and_world()[0]
+            what = f"on another DDP rank (this rank {rank}: loss {float(loss.detach()):.4g}; see the other rank's message)"
+        else:
+            what = describe(self.objective, logs, loss)
+        where = f"non-finite {self.method} loss at step {step}: {what}; {checkpoint_hint(ckpt, self._last_ckpt_step)}"
+        if self.on_nonfinite != "skip":
+            raise NonFiniteLossError(f"{where}. Fix the cause or set train.on_nonfinite=skip to skip such steps")
+        if self._consecutive_skips >= self.max_consecutive_skips:
+            raise NonFiniteLossError(f"{where}. {self._consecutive_skips} consecutive steps were already skipped "
+                                     f"(train.max_consecutive_skips): training is not recovering")
+        assert snapshot is not None
+        for name, buf in self.objective.named_buffers():
+            buf.copy_(snapshot[name])
+        self.skipped_steps += 1
+        self._consecutive_skips += 1
+        rank_zero_warn(f"train.on_nonfinite=skip: skipped step {step} ({self.skipped_steps} skipped so far): {where}")
+        self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False, batch_size=1)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._skip:  # no update at all: AdamW leaves parameters without gradients untouched
+            optimizer.zero_grad(set_to_none=True)
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The optimiser step, then the EMA of the teacher (inside the step, so checkpoints include it)."""
+        super().optimizer_step(*args, **kwargs)
+        if not self._skip:
+            self._ema_update(int(self.global_step))
+
+    def _ema_update(self, step: int) -> None:
         e = self.cfg["ema"]
-        momentum = cosine_schedule(int(self.global_step), self.total_steps, e["start"], e["end"])
+        momentum = cosine_schedule(step, self.total_steps, e["start"], e["end"])
         ema_update(self.teacher, self.student, momentum)
         for s, t in self.objective.momentum_pairs():
             ema_update(t, s, momentum)
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._last_ckpt_step = int(self.global_step)
+        checkpoint["sop_bench"] = {"epoch_batches": list(self._epoch_batches), "skipped_steps": self.skipped_steps,
+                                   "consecutive_skips": self._consecutive_skips}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("sop_bench", {})
+        epoch, done = state.get("epoch_batches", (checkpoint.get("epoch", 0), 0))
+        self._epoch_batches = (int(epoch), int(done))
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        self._consecutive_skips = int(state.get("consecutive_skips", 0))
+        self._last_ckpt_step = int(checkpoint.get("global_step", 0))
 
     # ------------------------------------------------------------------ features
     @torch.no_grad()
@@ -133,7 +243,8 @@ class BenchModule(L.LightningModule):
         decay = [p for p in params if p.ndim > 1]
         no_decay = [p for p in params if p.ndim <= 1]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": o["weight_decay"]},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=o["lr"], betas=(0.9, 0.999))
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=o["lr"], betas=(0.9, 0.999),
+                                eps=float(o.get("eps", 1e-8)))
         warmup = int(math.ceil(o["warmup_fraction"] * self.total_steps))
         final = o["min_lr"] / o["lr"]
 
@@ -146,3 +257,10 @@ class BenchModule(L.LightningModule):
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def _mix(*parts: int) -> int:
+    """A 63-bit seed from integers (hash, so nearby tuples give unrelated streams)."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+

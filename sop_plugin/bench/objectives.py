@@ -15,6 +15,7 @@ from lightly.loss import DINOLoss, IBOTPatchLoss
 from lightly.models.modules import DINOProjectionHead
 from torch import Tensor, nn
 
+from sop_plugin.bench.distributed import rank_and_world
 from sop_plugin.core import (
     SOPConfig,
     SOPHead,
@@ -61,6 +62,13 @@ def _teacher_of(student: nn.Module, factory: Callable[[], nn.Module]) -> nn.Modu
     teacher = factory()
     teacher.load_state_dict(student.state_dict())
     return teacher.requires_grad_(False)
+
+
+def _head_rows(head: nn.Module, cls: Tensor, *rows: Tensor) -> tuple[Tensor, ...]:
+    """``head`` on [CLS] tokens [V, B, D] and extra token rows [n_i, D] in one call (fewer, larger GEMMs)."""
+    flat = cls.reshape(-1, cls.shape[-1])
+    parts = head(torch.cat([flat, *rows])).split([flat.shape[0], *(r.shape[0] for r in rows)])
+    return (parts[0].reshape(*cls.shape[:-1], -1), *parts[1:])
 
 
 class SOPBench(BenchObjective):
@@ -115,16 +123,17 @@ class SOPBench(BenchObjective):
         return ids[:, 0], ids[:, 1:], sops.weights.view(p, k + 1)[:, 1:]
 
     def forward(self, s_cls, s_patch, t_cls, t_patch, masks, step):  # noqa: D102
-        s_z = self.student_head(s_cls)
-        t_z = self.teacher_head(t_cls)
         s_pz = t_pz = mem_pz = None
         if s_patch is not None and t_patch is not None and masks is not None:
-            # the head sees only the masked patches and the patch-memory rows, as iBOT's does
+            # the head sees only the masked patches and the patch-memory rows, as iBOT's does,
+            # in one call per network with the [CLS] tokens (the head is row-wise)
             masked, memory = self.objective.select_patches(masks, step)
             dim = s_patch.shape[-1]
-            s_pz = self.student_head(s_patch.reshape(-1, dim)[masked])
-            t_pz = self.teacher_head(t_patch.reshape(-1, dim)[masked])
-            mem_pz = self.teacher_head(t_patch[0].reshape(-1, dim)[memory])
+            s_z, s_pz = _head_rows(self.student_head, s_cls, s_patch.reshape(-1, dim)[masked])
+            t_z, t_pz, mem_pz = _head_rows(self.teacher_head, t_cls, t_patch.reshape(-1, dim)[masked],
+                                           t_patch[0].reshape(-1, dim)[memory])
+        else:
+            s_z, t_z = self.student_head(s_cls), self.teacher_head(t_cls)
         out = self.objective(s_z, t_z, s_pz, t_pz, masks, step=step, memory_patches=mem_pz)
         logs = {"loss_cls": float(out.cls_loss.detach()), "loss_mim": float(out.mim_loss.detach()),
                 "teacher_temp": out.teacher_temp, **out.stats}
@@ -185,7 +194,8 @@ class IBOTBench(_PrototypeBench):
         t_out = self.teacher_head(t_patch.reshape(g * b, n, d)[m])
         side = int(round(n**0.5))
         grid_mask = m.view(g * b, side, n // side)
-        if m.any():
+        # under DDP every rank must join the patch centre's all-reduce, masked patches or not
+        if m.any() or rank_and_world()[1] > 1:
             patch_loss = self.patch_loss(t_out, s_out, grid_mask, teacher_temp=self.teacher_temp(step))
         else:
             patch_loss = s_out.sum() * 0.0

@@ -3,27 +3,32 @@
 from __future__ import annotations
 
 import datetime as _dt
+import inspect
 import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
-from torch.utils.data import DataLoader, Dataset
+from lightning.pytorch.strategies import DDPStrategy
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Dataset
 
 from sop_plugin.bench.callbacks import (
     AtomicCheckpointIO,
     KNNMonitor,
+    LastCheckpoint,
     StepTimer,
     peak_rss_mb,
     reset_peak_rss,
 )
+from sop_plugin.bench.checks import ConfigError, check_config, check_resume, world_size
 from sop_plugin.bench.corruptions import corrupt
 from sop_plugin.bench.evaluation import (
     knn_top1,
@@ -32,16 +37,15 @@ from sop_plugin.bench.evaluation import (
     retrieval_metrics,
 )
 from sop_plugin.bench.module import BenchModule
-from sop_plugin.bench.objectives import OBJECTIVES
 from sop_plugin.bench.plots import plot_learning_curves, plot_metric_bars, plot_sop_grid
 from sop_plugin.bench.report import validate_results, write_report
+from sop_plugin.bench.sampler import GlobalBatchSampler, ResumableLoader
 from sop_plugin.data import ArrayDataset, get_dataset
 
 log = logging.getLogger("sop_bench")
 
-
-class ConfigError(ValueError):
-    """A benchmark setting that cannot work; raised before any training starts."""
+#: rank 0 passes its output directory to the DDP processes Lightning launches
+OUT_ENV = "SOP_BENCH_OUT"
 
 
 class IndexedImages(Dataset):
@@ -57,55 +61,32 @@ class IndexedImages(Dataset):
         return self.images[i], self.labels[i], i
 
 
-def _world_size(trainer_cfg: dict[str, Any]) -> int:
-    devices = trainer_cfg.get("devices", 1)
-    if isinstance(devices, int) and devices > 0:
-        return devices * int(trainer_cfg.get("num_nodes", 1))
-    if isinstance(devices, list | tuple):
-        return len(devices) * int(trainer_cfg.get("num_nodes", 1))
-    return 1
-
-
-def check_config(cfg: dict[str, Any]) -> None:
-    """Reject settings that cannot work, naming the key and the fix."""
-    unknown = [m for m in cfg["methods"] if m not in OBJECTIVES]
-    if unknown or not cfg["methods"]:
-        raise ConfigError(f"methods={cfg['methods']}: unknown {unknown}; choose from {sorted(OBJECTIVES)}")
-    m, crops = cfg["model"], cfg["crops"]
-    for size_key in ("global_size", "local_size"):
-        if crops[size_key] % m["patch_size"] != 0:
-            raise ConfigError(
-                f"crops.{size_key}={crops[size_key]} is not divisible by model.patch_size={m['patch_size']}: "
-                f"pick sizes that are multiples of the patch size"
-            )
-    if m["embed_dim"] % m["num_heads"]:
-        raise ConfigError(f"model.embed_dim={m['embed_dim']} must be divisible by model.num_heads={m['num_heads']}")
-    if cfg["train"]["epochs"] < 1 and cfg["train"]["max_steps"] <= 0:
-        raise ConfigError("train.epochs must be >= 1 (or set train.max_steps > 0)")
-    if "sop" in cfg["methods"]:
-        from sop_plugin.core import SOPConfig
-
-        try:
-            SOPConfig(dim=cfg["sop"]["head"]["bottleneck_dim"], **cfg["sop"]["sop"]).validate(
-                cfg["train"]["batch_size"] * _world_size(cfg["trainer"])
-            )
-        except ValueError as err:
-            raise ConfigError(f"sop.sop: {err}") from err
-
-
 def load_data(cfg: dict[str, Any]) -> tuple[ArrayDataset, ArrayDataset]:
+    """Train and test split of ``data``; errors name the ``data.*`` setting to fix."""
     d = cfg["data"]
     options = {k: v for k, v in d.items() if k not in ("name", "path", "download")}
-    train = get_dataset(d["name"], d["path"], "train", bool(d["download"]), **options)
-    test = get_dataset(d["name"], d["path"], "test", bool(d["download"]), **options)
+    try:
+        train = get_dataset(d["name"], d["path"], "train", bool(d["download"]), **options)
+        test = get_dataset(d["name"], d["path"], "test", bool(d["download"]), **options)
+    except OSError as err:
+        raise ConfigError(f"cannot read data.path={d['path']} ({err}): fix the path or its permissions") from err
+    except ValueError as err:
+        if type(err) is not ValueError:
+            raise  # DatasetNotFoundError / DatasetCorruptError: already name data.path and the fix
+        raise ConfigError(f"data ({d['name']}): {err}") from err
     limit = cfg["train"].get("limit_train_images")
     if limit:
         train = train.subset(torch.arange(min(int(limit), len(train))))
-    global_batch = cfg["train"]["batch_size"] * _world_size(cfg["trainer"])
+    global_batch = cfg["train"]["batch_size"] * world_size(cfg["trainer"])
     if global_batch > len(train):
         raise ConfigError(
             f"train.batch_size x devices = {global_batch} exceeds the {len(train)} training images: lower train.batch_size"
         )
+    e = cfg["eval"]
+    n_knn = min(len(train), e["epoch_train_subset"])  # the kNN before training always runs on the subset
+    if not 1 <= e["knn_k"] <= n_knn:
+        raise ConfigError(f"eval.knn_k={e['knn_k']} must be in [1, {n_knn}] (training images used by the kNN): "
+                          f"lower eval.knn_k or raise eval.epoch_train_subset")
     return train, test
 
 
@@ -113,43 +94,84 @@ def _subset(x: torch.Tensor, n: int) -> torch.Tensor:
     return x[: min(n, x.shape[0])]
 
 
-def train_method(method: str, cfg: dict[str, Any], train: ArrayDataset, test: ArrayDataset,
-                 out: Path) -> dict[str, Any] | None:
-    """Train one method and evaluate it; returns its results on rank 0, None on other ranks."""
+def total_steps(cfg: dict[str, Any], num_train: int) -> int:
+    """Optimisation steps of one method's run (drives the LR, EMA and temperature schedules)."""
+    t = cfg["train"]
+    steps_per_epoch = num_train // (t["batch_size"] * world_size(cfg["trainer"]))
+    total = t["epochs"] * steps_per_epoch
+    return min(t["max_steps"], total) if t["max_steps"] > 0 else total
+
+
+def trainer_options(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``cfg.trainer`` for ``L.Trainer``; plain DDP does not re-broadcast buffers every forward.
+
+    Every buffer is already identical on every rank by construction (memories gathered,
+    DINO/iBOT centres all-reduced), so DDP's per-step broadcast from rank 0 would only
+    copy the memories (MBs) for nothing.
+    """
+    kwargs = dict(cfg["trainer"])
+    if world_size(kwargs) > 1 and kwargs.get("strategy", "auto") in ("ddp", "auto"):
+        newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+        kwargs["strategy"] = DDPStrategy(**{"forward_sync_buffers" if newer else "broadcast_buffers": False})
+    return kwargs
+
+
+@dataclass
+class Fitted:
+    """A trained method: the module, the trainer and what the callbacks measured."""
+
+    module: BenchModule
+    trainer: L.Trainer
+    curve: list[tuple[float, float]]
+    seconds: float
+    step_median: float
+
+
+def fit_method(method: str, cfg: dict[str, Any], train: ArrayDataset, test: ArrayDataset, out: Path,
+               ckpt_path: str | Path | None = None, callbacks: list[L.Callback] | None = None) -> Fitted:
+    """Train one method (resuming from ``ckpt_path`` if given) on every rank."""
     seed = int(cfg["seed"])
     L.seed_everything(seed, workers=True)
     t = cfg["train"]
-    world = _world_size(cfg["trainer"])
-    steps_per_epoch = len(train) // (t["batch_size"] * world)
-    total = t["max_steps"] if t["max_steps"] > 0 else t["epochs"] * steps_per_epoch
-    if t["max_steps"] > 0:
-        total = min(total, t["epochs"] * steps_per_epoch)
-    module = BenchModule(cfg, method, train.images.shape[1], train.mean, train.std, total)
-    loader = DataLoader(IndexedImages(train), batch_size=t["batch_size"], shuffle=True, drop_last=True,
-                        num_workers=t["num_workers"], generator=torch.Generator().manual_seed(seed))
+    module = BenchModule(cfg, method, train.images.shape[1], train.mean, train.std, total_steps(cfg, len(train)))
+    sampler = GlobalBatchSampler(len(train), t["batch_size"], seed, position=module.data_position)
+    loader = ResumableLoader(IndexedImages(train), batch_sampler=sampler, num_workers=t["num_workers"])
     e = cfg["eval"]
     knn_cb = KNNMonitor(_subset(train.images, e["epoch_train_subset"]), _subset(train.labels, e["epoch_train_subset"]),
                         _subset(test.images, e["epoch_test_subset"]), _subset(test.labels, e["epoch_test_subset"]),
                         k=e["knn_k"], temperature=e["knn_temperature"], every_epoch=e["every_epoch"])
     timer = StepTimer()
     method_dir = out / method
-    ckpt = ModelCheckpoint(dirpath=method_dir / "checkpoints", save_last=True, save_top_k=0)
-    trainer_kwargs = dict(cfg["trainer"])
+    ckpt = LastCheckpoint(method_dir / "checkpoints", every_n_steps=t.get("checkpoint_every_n_steps") or 0)
     trainer = L.Trainer(
         max_epochs=t["epochs"], max_steps=t["max_steps"] if t["max_steps"] > 0 else -1,
         default_root_dir=str(method_dir), logger=CSVLogger(str(out), name=method, version=""),
-        callbacks=[knn_cb, timer, ckpt], plugins=[AtomicCheckpointIO()], enable_model_summary=False,
-        **trainer_kwargs,
+        callbacks=[knn_cb, timer, ckpt, *(callbacks or [])],
+        plugins=[AtomicCheckpointIO(trust_checkpoint=bool(cfg.get("trust_checkpoint", False)))],
+        enable_model_summary=False, use_distributed_sampler=False, **trainer_options(cfg),
     )
     reset_peak_rss()
     start = time.perf_counter()
-    trainer.fit(module, loader, ckpt_path=cfg.get("resume"))
-    train_seconds = time.perf_counter() - start
-    if trainer.global_rank != 0:
-        return None
+    trainer.fit(module, loader, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    return Fitted(module, trainer, knn_cb.curve, time.perf_counter() - start, timer.median)
+
+
+def evaluate_fitted(method: str, fitted: Fitted, cfg: dict[str, Any], train: ArrayDataset, test: ArrayDataset,
+                    out: Path) -> dict[str, Any]:
+    """Final evaluation of a trained method (rank 0 only)."""
+    module = fitted.module
     module.to("cpu" if not torch.cuda.is_available() else module.device)
-    return evaluate(module, method, cfg, train, test, out, knn_cb.curve, train_seconds, timer.median,
-                    int(trainer.current_epoch))
+    return evaluate(module, method, cfg, train, test, out, fitted.curve, fitted.seconds, fitted.step_median,
+                    int(fitted.trainer.current_epoch))
+
+
+def train_method(method: str, cfg: dict[str, Any], train: ArrayDataset, test: ArrayDataset,
+                 out: Path, ckpt_path: str | Path | None = None) -> dict[str, Any] | None:
+    """Train one method and evaluate it; returns its results on rank 0, None on other ranks."""
+    fitted = fit_method(method, cfg, train, test, out, ckpt_path)
+    if fitted.trainer.global_rank != 0:
+        return None
+    return evaluate_fitted(method, fitted, cfg, train, test, out)
 
 
 def evaluate(module: BenchModule, method: str, cfg: dict[str, Any], train: ArrayDataset, test: ArrayDataset,
@@ -198,17 +220,30 @@ def _sop_grid(module: BenchModule, train: ArrayDataset, path: Path, rows: int, s
     plot_sop_grid(train.images[anchors.cpu()], train.images[supports.cpu()], path, similarities=sims.cpu())
 
 
+def _default_out(cfg: dict[str, Any]) -> Path:
+    resume = cfg.get("resume")
+    if resume and Path(str(resume)).is_dir():
+        return Path(str(resume))  # resuming a run directory continues writing into it
+    return Path("runs/bench") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
 def raw_pixel_floor(train: ArrayDataset, test: ArrayDataset, k: int, temperature: float) -> float:
     return knn_top1(raw_pixel_features(train.images), train.labels, raw_pixel_features(test.images), test.labels,
                     k=k, temperature=temperature)
 
 
 def run(cfg: dict[str, Any]) -> dict[str, Any] | None:
-    """The whole benchmark; returns the results dict (rank 0) and writes everything under ``cfg['out']``."""
+    """The whole benchmark; returns the results dict (rank 0) and writes everything under ``cfg['out']``.
+
+    Every check (config, resume checkpoints, data) runs before any training. Under DDP
+    every rank trains each method; rank 0 evaluates them all after the last one, so the
+    other ranks never wait in a collective while rank 0 evaluates.
+    """
     check_config(cfg)
+    resume = check_resume(cfg)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
-    out = Path(cfg["out"] or Path("runs/bench") / _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    out = Path(cfg["out"] or os.environ.get(OUT_ENV) or _default_out(cfg))
     cfg["out"] = str(out)
     train, test = load_data(cfg)
     is_rank0 = int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
@@ -218,14 +253,28 @@ def run(cfg: dict[str, Any]) -> dict[str, Any] | None:
         log.info("writing to %s", out)
     e = cfg["eval"]
     floor = raw_pixel_floor(train, test, e["knn_k"], e["knn_temperature"]) if is_rank0 else float("nan")
+    defer = world_size(cfg["trainer"]) > 1
     methods: dict[str, Any] = {}
-    for method in cfg["methods"]:
-        log.info("=== %s ===", method)
-        res = train_method(method, cfg, train, test, out)
-        if res is not None:
-            methods[method] = res
+    pending: list[tuple[str, Fitted]] = []
+    if defer and is_rank0:
+        os.environ[OUT_ENV] = str(out)  # the processes Lightning launches inherit it
+    try:
+        for method in cfg["methods"]:
+            log.info("=== %s ===", method)
+            fitted = fit_method(method, cfg, train, test, out, resume.get(method))
+            if fitted.trainer.global_rank != 0:
+                continue
+            if defer:
+                pending.append((method, fitted))
+            else:
+                methods[method] = evaluate_fitted(method, fitted, cfg, train, test, out)
+    finally:
+        if is_rank0:
+            os.environ.pop(OUT_ENV, None)
     if not is_rank0:
         return None
+    for method, fitted in pending:
+        methods[method] = evaluate_fitted(method, fitted, cfg, train, test, out)
     results = {"dataset": cfg["data"]["name"], "seed": cfg["seed"], "profile": cfg["profile_name"],
                "raw_pixel_knn_top1": floor, "methods": methods}
     validate_results(results)

@@ -16,11 +16,14 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from sop_plugin.core.anchors import ANCHOR_SELECTORS
+from sop_plugin.core.diagnostics import StepRecord, explain_nonfinite
 from sop_plugin.core.losses import koleo_loss, sop_global_loss, sop_mim_loss
 from sop_plugin.core.memory import SupportMemory
 from sop_plugin.core.retrieval import RETRIEVAL_BACKENDS, Retrieval, get_retrieval
+from sop_plugin.core.retrieval_auto import lockstep
 from sop_plugin.core.schedules import linear_warmup
-from sop_plugin.core.sops import SOPSet, build_sops
+from sop_plugin.core.sops import SOPSet
+from sop_plugin.core.sops_batched import assign_sets, build_sop_sets, stack_sets
 
 
 @dataclass
@@ -111,10 +114,6 @@ def _rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
-def _stack_sets(sets: list[SOPSet]) -> tuple[Tensor, Tensor]:
-    return torch.stack([s.supports for s in sets]), torch.stack([s.votes for s in sets])
-
-
 def assign_batched(z: Tensor, supports: Tensor, votes: Tensor, temperature: float) -> Tensor:
     """:func:`assign` for T stacked sets at once: z [N, d] -> [T, N, P]."""
     logits = torch.einsum("nd,trd->tnr", z, supports.to(z.dtype)) / temperature
@@ -131,6 +130,8 @@ class SOPObjective(nn.Module):
         self.patch_memory = SupportMemory(self.cfg.patch_memory_size, self.cfg.dim, seed=self.cfg.seed + 1)
         self.retrieval = retrieval or get_retrieval(self.cfg.retrieval)
         self._select = ANCHOR_SELECTORS[self.cfg.anchor_selection]
+        #: detached tensors of the last step, for :meth:`explain_nonfinite` (no copies)
+        self.last_step: StepRecord | None = None
 
     # ---------------------------------------------------------------- randomness
     def generator(self, step: int, stream: int) -> torch.Generator:
@@ -155,7 +156,10 @@ class SOPObjective(nn.Module):
             memory.bank.device,
         )
         k = getattr(c, f"{level}_num_supports")
-        return [build_sops(memory.bank, a, k, c.smoothing, self.retrieval) for a in anchors]
+        # one search for all T sets (set t's anchors are excluded from set t only); every rank
+        # builds these sets, so retrieval="auto" may agree on rank 0's backend here
+        with lockstep(self.retrieval):
+            return build_sop_sets(memory.bank, anchors, k, c.smoothing, self.retrieval)
 
     # ---------------------------------------------------------------- patch selection
     def memory_patch_index(self, batch_size: int, num_patches: int, step: int, device: torch.device | str = "cpu") -> Tensor:
@@ -218,13 +222,15 @@ class SOPObjective(nn.Module):
         v, b, d = student_cls.shape
         g = teacher_cls.shape[0]
 
-        supports, votes = _stack_sets(self.build_sets("class", step))
-        s_probs = assign_batched(student_cls.reshape(v * b, d).float(), supports, votes, c.student_temp)
+        cls_sets = stack_sets(self.build_sets("class", step))  # no dense vote matrices (see assign_sets)
+        s_probs = assign_sets(student_cls.reshape(v * b, d).float(), cls_sets, c.student_temp)
         with torch.no_grad():
-            t_probs = assign_batched(teacher_cls.reshape(g * b, d).float(), supports, votes, t_temp)
-        tn = supports.shape[0]
+            t_probs = assign_sets(teacher_cls.reshape(g * b, d).float(), cls_sets, t_temp)
+        tn = cls_sets.supports.shape[0]
         cls_loss = sop_global_loss(s_probs.view(tn, v, b, -1), t_probs.view(tn, g, b, -1))
         stats = self._class_stats(t_probs)
+        record = StepRecord(step, c.student_temp, t_temp, student_cls.detach(), teacher_cls,
+                            s_probs.detach().view(tn, v, b, -1), t_probs.view(tn, g, b, -1))
 
         zero = cls_loss.new_zeros(())
         mim_loss = zero
@@ -238,11 +244,14 @@ class SOPObjective(nn.Module):
                 teacher_patches = teacher_patches.reshape(-1, d)[masked_idx]
             if c.mim_weight > 0:
                 image_index = masked_idx // n
-                p_sup, p_votes = _stack_sets(self.build_sets("patch", step))
-                sp = assign_batched(student_patches.float(), p_sup, p_votes, c.student_temp)
+                patch_sets = stack_sets(self.build_sets("patch", step))
+                sp = assign_sets(student_patches.float(), patch_sets, c.student_temp)
                 with torch.no_grad():
-                    tp = assign_batched(teacher_patches.detach().float(), p_sup, p_votes, t_temp)
+                    tp = assign_sets(teacher_patches.detach().float(), patch_sets, t_temp)
                 mim_loss = sop_mim_loss(sp, tp, image_index, g * b)
+                record.patch_student, record.patch_teacher = student_patches.detach(), teacher_patches.detach()
+                record.patch_student_probs, record.patch_teacher_probs = sp.detach(), tp
+                record.patch_image_index, record.num_images = image_index, g * b
             stats["masked_fraction"] = float(masks.float().mean())
 
         koleo = zero
@@ -250,6 +259,9 @@ class SOPObjective(nn.Module):
             koleo = torch.stack([koleo_loss(student_cls[i].float()) for i in range(g)]).mean()
 
         loss = cls_loss + c.mim_weight * mim_loss + c.koleo_weight * koleo
+        record.losses = {"cls": cls_loss.detach(), "mim": mim_loss.detach(), "koleo": koleo.detach(),
+                         "total": loss.detach()}
+        self.last_step = record
         if update_memory:
             self.update_memories(teacher_cls, memory_patches)
         return SOPLossOutput(loss, cls_loss, mim_loss, koleo, t_temp, stats)
@@ -260,6 +272,10 @@ class SOPObjective(nn.Module):
         self.class_memory.enqueue(teacher_cls[0].float())
         if memory_patches is not None:
             self.patch_memory.enqueue(memory_patches.detach().float())
+
+    def explain_nonfinite(self) -> str:
+        """Which part of the last step is non-finite (loss, SOP set, inputs, memories) and why."""
+        return explain_nonfinite(self.last_step, self.class_memory, self.patch_memory)
 
     # ---------------------------------------------------------------- helpers
     def _check_shapes(

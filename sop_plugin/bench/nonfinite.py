@@ -1,0 +1,58 @@
+"""Non-finite losses in the benchmark: detection agreed by every rank, and a message that names the culprit."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from sop_plugin.core import SOPObjective
+
+#: ``train.on_nonfinite`` values
+POLICIES = ("stop", "skip")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training stopped at a non-finite loss (``train.on_nonfinite=stop``)."""
+
+
+def finite_on_all_ranks(loss: Tensor) -> bool:
+    """True when ``loss`` is finite on every DDP rank (one all-reduce; ranks always agree)."""
+    flag = torch.isfinite(loss.detach()).all().to(torch.float32).reshape(1)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def nonfinite_buffers(module: nn.Module) -> list[str]:
+    """Names of the buffers of ``module`` holding NaN/inf (memories, DINO/iBOT centres)."""
+    return [name for name, buf in module.named_buffers() if buf.is_floating_point() and not torch.isfinite(buf).all()]
+
+
+def describe(objective: nn.Module, logs: dict[str, Any], loss: Tensor) -> str:
+    """What is non-finite: SOP's own explanation (loss per SOP set, inputs, memories), else the logged parts."""
+    inner = getattr(objective, "objective", None)
+    if isinstance(inner, SOPObjective):
+        return inner.explain_nonfinite()
+    parts = [f"total loss {float(loss.detach()):.4g}"]
+    for key in ("loss_cls", "loss_mim"):
+        if key in logs:
+            name = "class loss" if key == "loss_cls" else "patch loss"
+            value = float(logs[key])
+            parts.append(f"{name} {value:.4g}{' (non-finite)' if not math.isfinite(value) else ''}")
+    if "teacher_temp" in logs:
+        parts.append(f"teacher temperature {float(logs['teacher_temp']):g}")
+    bad = nonfinite_buffers(objective)
+    parts.append("non-finite buffers: " + (", ".join(bad) if bad else "none"))
+    return "; ".join(parts)
+
+
+def checkpoint_hint(path: str | None, step: int | None) -> str:
+    """Where to resume from, for the error message."""
+    if path:
+        where = f" (step {step})" if step is not None else ""
+        return f"last good checkpoint: {path}{where}; resume with resume={path} after the fix"
+    return "no checkpoint written yet (set train.checkpoint_every_n_steps to keep one)"

@@ -1,0 +1,88 @@
+"""Named model/crop/batch settings that ``sop-perf`` times, as overrides of the benchmark config.
+
+Every setting is the benchmark's own hydra config (``conf/config.yaml``) plus overrides,
+so the timed step is the one ``sop-bench`` trains with. Methods share everything but the
+objective; DINO and iBOT keep their prototype counts of the profile the setting starts from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+
+@dataclass(frozen=True)
+class PerfSetting:
+    """One timed configuration.
+
+    Attributes:
+        overrides: hydra overrides applied to the benchmark config.
+        channels: image channels of the synthetic batch.
+        warmup: untimed steps per method before timing.
+        steps: timed steps per method.
+        description: one line for the report.
+    """
+
+    name: str
+    overrides: tuple[str, ...]
+    channels: int
+    warmup: int
+    steps: int
+    description: str
+
+
+_TINY_SOP = ("sop.sop.class_memory_size=256", "sop.sop.patch_memory_size=256",
+             "sop.sop.class_num_anchors=8", "sop.sop.patch_num_anchors=16")
+
+PERF_SETTINGS: dict[str, PerfSetting] = {
+    s.name: s
+    for s in (
+        PerfSetting(
+            "vit_tiny_28", ("profile=quick",), 1, 3, 15,
+            "the benchmark's quick profile: ViT patch 7, dim 128, depth 4, batch 64, 2x28 + 2x14 px crops, "
+            "SOP class memory 8,192, DINO/iBOT 4,096 prototypes",
+        ),
+        PerfSetting(
+            "vit_tiny_224",
+            ("profile=full", "model.embed_dim=192", "model.depth=12", "model.num_heads=3", "model.patch_size=16",
+             "train.batch_size=16", "crops.num_local=2", "~crops.extra"),
+            3, 2, 8,
+            "timm ViT-Tiny/16 (dim 192, depth 12, 3 heads) at 224 px, batch 16, 2x224 + 2x96 px crops, "
+            "SOP class memory 65,536, DINO 65,536 / iBOT 8,192 prototypes",
+        ),
+        PerfSetting(
+            "vit_small_224", ("profile=full", "train.batch_size=64", "~crops.extra"), 3, 3, 10,
+            "the full (GPU) profile: ViT-S/16 at 224 px, batch 64, 2x224 + 10x96 px crops, "
+            "SOP class memory 65,536, DINO 65,536 / iBOT 8,192 prototypes (bf16 on GPU)",
+        ),
+        PerfSetting(
+            "tiny",
+            ("profile=quick", "model.patch_size=4", "model.embed_dim=32", "model.depth=1", "model.num_heads=2",
+             "crops.global_size=16", "crops.local_size=8", "crops.num_local=1", "train.batch_size=8",
+             "head.hidden_dim=64", "dino.head.out_dim=128", "ibot.head.out_dim=128", *_TINY_SOP),
+            1, 1, 2,
+            "a seconds-long smoke setting for tests",
+        ),
+    )
+}
+
+
+def get_setting(name: str) -> PerfSetting:
+    if name not in PERF_SETTINGS:
+        raise ValueError(f"unknown perf setting {name!r}; choose from {sorted(PERF_SETTINGS)}")
+    return PERF_SETTINGS[name]
+
+
+def resolve_config(setting: PerfSetting) -> dict[str, Any]:
+    """The resolved benchmark config of ``setting`` (hydra compose of conf/config.yaml)."""
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    with initialize_config_module("sop_plugin.bench.conf", version_base="1.3"):
+        cfg = compose("config", overrides=list(setting.overrides))
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(resolved, dict)
+    return resolved  # type: ignore[return-value]

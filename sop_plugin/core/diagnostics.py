@@ -1,0 +1,109 @@
+"""Name what went non-finite in a SOP step: which loss, which SOP set, inputs, memories.
+
+:class:`~sop_plugin.core.objective.SOPObjective` keeps detached references to the
+tensors of its last step (:class:`StepRecord`, no copies); the functions here turn them
+into per-set losses and a one-paragraph explanation, computed only when a host asks
+(after it saw a non-finite loss), so the happy path pays nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from sop_plugin.core.losses import sop_global_loss, sop_mim_loss
+from sop_plugin.core.memory import SupportMemory
+
+
+@dataclass
+class StepRecord:
+    """Detached tensors of one SOP step (references, not copies)."""
+
+    step: int
+    student_temp: float
+    teacher_temp: float
+    student_cls: Tensor  # [V, B, d]
+    teacher_cls: Tensor  # [G, B, d]
+    class_student_probs: Tensor  # [T, V, B, P]
+    class_teacher_probs: Tensor  # [T, G, B, P]
+    patch_student: Tensor | None = None  # [M, d] student patch embeddings
+    patch_teacher: Tensor | None = None  # [M, d]
+    patch_student_probs: Tensor | None = None  # [T, M, P]
+    patch_teacher_probs: Tensor | None = None  # [T, M, P]
+    patch_image_index: Tensor | None = None  # [M]
+    num_images: int = 0
+    losses: dict[str, Tensor] | None = None  # cls, mim, koleo, total
+
+
+def _nonfinite(x: Tensor | None) -> int:
+    return 0 if x is None else int((~torch.isfinite(x)).sum())
+
+
+def per_set_losses(record: StepRecord) -> tuple[list[float], list[float] | None]:
+    """Class-level and patch-level loss of every SOP set of the recorded step."""
+    s, t = record.class_student_probs, record.class_teacher_probs
+    cls = [float(sop_global_loss(s[i : i + 1], t[i : i + 1])) for i in range(s.shape[0])]
+    mim = None
+    if record.patch_student_probs is not None and record.patch_teacher_probs is not None:
+        sp, tp = record.patch_student_probs, record.patch_teacher_probs
+        assert record.patch_image_index is not None
+        mim = [float(sop_mim_loss(sp[i : i + 1], tp[i : i + 1], record.patch_image_index, record.num_images))
+               for i in range(sp.shape[0])]
+    return cls, mim
+
+
+def memory_state(name: str, memory: SupportMemory) -> str:
+    """``name``: size, pointer, rows with non-finite values, rows off the unit sphere."""
+    bank = memory.bank
+    bad_rows = int((~torch.isfinite(bank)).any(dim=1).sum())
+    norms = bank.norm(dim=1)
+    off = int(((norms - 1).abs() > 1e-3).sum())
+    state = f"{name} memory {memory.size}x{memory.dim}, ptr {int(memory.ptr)}"
+    if bad_rows:
+        return f"{state}: {bad_rows} rows hold non-finite values (a step enqueued NaN/inf embeddings)"
+    if off:
+        return f"{state}: {off} rows are not unit vectors"
+    return f"{state}: all rows finite unit vectors"
+
+
+def _fmt(values: list[float]) -> str:
+    return "[" + ", ".join(f"{i}: {v:.4g}" for i, v in enumerate(values)) + "]"
+
+
+def explain_nonfinite(record: StepRecord | None, class_memory: SupportMemory, patch_memory: SupportMemory) -> str:
+    """A paragraph naming the non-finite component(s) of the recorded step and the likely cause."""
+    mems = f"{memory_state('class', class_memory)}; {memory_state('patch', patch_memory)}"
+    if record is None:
+        return f"no SOP step recorded yet; {mems}"
+    parts: list[str] = []
+    losses = record.losses or {}
+    names = {"cls": "class loss (global SOP)", "mim": "patch loss (SOP-MIM)", "koleo": "KoLeo"}
+    bad_components = [names[k] for k in ("cls", "mim", "koleo") if k in losses and not math.isfinite(float(losses[k]))]
+    cls_sets, mim_sets = per_set_losses(record)
+    bad_cls = [i for i, v in enumerate(cls_sets) if not math.isfinite(v)]
+    parts.append("non-finite component(s): " + (", ".join(bad_components) or "none of cls/mim/koleo (the sum)"))
+    parts.append(f"class loss per SOP set {_fmt(cls_sets)}" + (f" -> non-finite in set(s) {bad_cls}" if bad_cls else ""))
+    if mim_sets is not None:
+        bad_mim = [i for i, v in enumerate(mim_sets) if not math.isfinite(v)]
+        parts.append(f"patch loss per SOP set {_fmt(mim_sets)}"
+                     + (f" -> non-finite in set(s) {bad_mim}" if bad_mim else ""))
+    inputs = {"student [CLS] embeddings": record.student_cls, "teacher [CLS] embeddings": record.teacher_cls,
+              "student patch embeddings": record.patch_student, "teacher patch embeddings": record.patch_teacher}
+    bad_inputs = [f"{k} ({_nonfinite(v)} values)" for k, v in inputs.items() if _nonfinite(v)]
+    parts.append("non-finite inputs: " + (", ".join(bad_inputs) if bad_inputs else "none"))
+    parts.append(f"temperatures: student {record.student_temp:g}, teacher {record.teacher_temp:g} (step {record.step})")
+    parts.append(f"memories after the step's enqueue: {mems}")
+    if any("student" in b for b in bad_inputs):
+        cause = "the student network diverged: lower optim.lr or check the input data"
+    elif bad_inputs:
+        cause = "the teacher produced non-finite embeddings: check the EMA and the input data"
+    elif "non-finite" in mems:
+        cause = "a memory holds non-finite rows from an earlier step"
+    else:
+        cause = ("the assignments under- or overflowed: raise the temperatures (sop.sop.student_temp, "
+                 "temps.*) or lower optim.lr")
+    parts.append(f"likely cause: {cause}")
+    return "; ".join(parts)

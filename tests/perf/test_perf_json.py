@@ -1,0 +1,77 @@
+"""``sop-perf`` on a seconds-long setting writes perf.json in the documented layout, and its parts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from sop_plugin.bench.perf import check_targets, parse_args, run
+from sop_plugin.bench.perf_breakdown import CATEGORIES
+from sop_plugin.bench.perf_retrieval import auto_check, gpu_retrieval_check, retrieval_table
+from sop_plugin.core.retrieval import RETRIEVAL_BACKENDS
+
+
+@pytest.fixture(scope="module")
+def perf(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    out = tmp_path_factory.mktemp("perf")
+    argv = [f"out={out}", "settings=tiny", "memories=1024", "queries=32,64", "retrieval_repeats=1",
+            "isolate=false", "parts=step,retrieval", "device=cpu"]
+    run(parse_args(argv), argv)
+    return json.loads((out / "perf.json").read_text()), out
+
+
+def test_perf_json_layout(perf: tuple[dict, Path]) -> None:
+    data, out = perf
+    assert isinstance(data["machine"], str) and "uptime" in data["machine"] or "load" in data["machine"]
+    rec = data["step"]["tiny"]
+    for m in ("sop", "ibot", "dino"):
+        assert rec[m]["median_s"] > 0 and rec[m]["peak_mb"] > 0
+    assert rec["ratio_sop_over_ibot"] == pytest.approx(rec["sop"]["median_s"] / rec["ibot"]["median_s"])
+    assert rec["ratio_sop_over_dino"] == pytest.approx(rec["sop"]["median_s"] / rec["dino"]["median_s"])
+    assert 0 < rec["retrieval_fraction"] < 1
+    rows = data["retrieval"]
+    assert {r["queries"] for r in rows} == {32, 64} and {r["memory"] for r in rows} == {1024}
+    for r in rows:
+        assert {"backend", "memory", "queries", "k", "median_s", "recall"} <= set(r)
+        assert r["backend"] in RETRIEVAL_BACKENDS and 0 <= r["recall"] <= 1
+        if r["exact"]:
+            assert r["recall"] > 0.99
+    assert set(data["auto_choice"]) == {"1024"} and data["auto_choice"]["1024"] in RETRIEVAL_BACKENDS
+    fractions = data["breakdown"]["tiny"]["fraction"]
+    assert set(fractions) == set(CATEGORIES) and sum(fractions.values()) == pytest.approx(1.0, abs=1e-6)
+    assert all(t["limit"] > 0 for t in data["targets"].values())
+    assert (out / "perf.png").stat().st_size > 0
+
+
+def test_auto_check_compares_with_the_fastest_it_measured() -> None:
+    rows = [{"backend": "torch", "memory": 8, "queries": 256, "exact": True, "median_s": 2.0},
+            {"backend": "faiss", "memory": 8, "queries": 256, "exact": True, "median_s": 1.0},
+            {"backend": "faiss-ivf", "memory": 8, "queries": 256, "exact": False, "median_s": 0.1}]
+    chk = auto_check(rows, {"8": "torch"}, {"8": {"torch": 1.0, "faiss": 3.0}})["8"]
+    assert chk["fastest"] == "torch" and chk["ratio"] == 1.0
+    assert chk["table_fastest"] == "faiss" and chk["table_ratio"] == 2.0
+    bad = auto_check(rows, {"8": "faiss"}, {"8": {"torch": 1.0, "faiss": 3.0}})
+    targets = check_targets({"auto_check": bad, "step": {}})
+    assert targets["auto_8.ratio_to_fastest"]["met"] is False
+
+
+def test_retrieval_table_rows_and_gpu_check_on_cpu() -> None:
+    rows, choice, table = retrieval_table([512], [16], 4, torch.device("cpu"), repeats=1,
+                                          backends=["torch", "faiss", "auto"])
+    assert [r["backend"] for r in rows] == ["torch", "faiss", "auto"]  # auto at the middle query count
+    assert choice["512"] in ("torch", "faiss", "torch-bf16") and set(table["512"]) >= {"torch", "faiss"}
+    chk = gpu_retrieval_check(memory=1024, queries=100, k=4)
+    assert chk["torch_cpu_vs_faiss_cpu"] > 0.99
+    assert chk["cuda"] is torch.cuda.is_available()
+
+
+def test_bad_arguments_are_rejected() -> None:
+    with pytest.raises(ValueError, match="expected key=value"):
+        parse_args(["outdir=x"])
+    with pytest.raises(ValueError, match="unknown perf setting"):
+        parse_args(["settings=vit_huge"])
+    opts = parse_args(["repeats=4", "settings=vit_tiny_28,vit_tiny_224", "device=cpu"])
+    assert opts["repeats"] == 4 and opts["settings"] == ["vit_tiny_28", "vit_tiny_224"]
