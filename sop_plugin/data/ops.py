@@ -156,7 +156,7 @@ def random_blur(
     if prob <= 0 or not bool(chosen.any()):
         return images
     out = images.clone()
-    out[chosen] = gaussian_blur(images[chosen], sigmas[chosen])
+    out[chosen] = gaussian_blur(images[chosen], sigmas[chosen]).to(out.dtype)
     return out
 
 

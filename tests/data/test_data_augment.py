@@ -94,3 +94,16 @@ def test_eval_transform_resizes_and_normalises() -> None:
     torch.testing.assert_close(same, images.float() / 255 * 2 - 1)
     out = EvalTransform(16, mean=(0.5,) * 3, std=(0.2,) * 3)(_batch(n=2, c=3, h=20, w=30))
     assert out.shape == (2, 3, 16, 16) and out.dtype == torch.float32
+
+
+def test_augment_runs_under_bf16_autocast() -> None:
+    """Lightning's bf16-mixed wraps training_step in autocast; blur's conv must not break index_put."""
+    import torch
+
+    from sop_plugin.data import MultiCropAugment
+
+    aug = MultiCropAugment(28, 14, 2, blur_prob=(1.0, 1.0, 1.0))
+    images = torch.randint(0, 256, (8, 1, 28, 28), dtype=torch.uint8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        views = aug(images, torch.Generator().manual_seed(0))
+    assert [v.dtype for v in views] == [torch.float32] * 4
