@@ -250,8 +250,28 @@ def _as_sets(queries: Tensor, exclude: Tensor | None) -> tuple[Tensor, Tensor | 
 # ---------------------------------------------------------------------------- torch
 
 
+class SetSearch:
+    """Base of the backends that search several SOP sets at once: ``search`` is one set."""
+
+    def search_sets(
+        self, queries: Tensor, pool: Tensor, k: int, exclude: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def search(
+        self, queries: Tensor, pool: Tensor, k: int, exclude: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        check_search_args(queries, pool, k, exclude)
+        if k == 0:
+            return empty_result(queries)
+        q, ex = _as_sets(queries, exclude)
+        sims, idx = self.search_sets(q, pool, k, ex)
+        return sims[0], idx[0]
+
+
 @register_retrieval("torch")
-class TorchRetrieval:
+class TorchRetrieval(SetSearch):
     """Exact search by matmul + topk, in row chunks of the pool so memory stays bounded.
 
     Excluded rows get a score of -inf inside each chunk (per set in :meth:`search_sets`),
@@ -269,17 +289,6 @@ class TorchRetrieval:
     def __init__(self, chunk_rows: int = 8_192) -> None:
         self.chunk_rows = chunk_rows
         self.workspace = Workspace()
-
-    @torch.no_grad()
-    def search(
-        self, queries: Tensor, pool: Tensor, k: int, exclude: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        check_search_args(queries, pool, k, exclude)
-        if k == 0:
-            return empty_result(queries)
-        q, ex = _as_sets(queries, exclude)
-        sims, idx = self.search_sets(q, pool, k, ex)
-        return sims[0], idx[0]
 
     @torch.no_grad()
     def search_sets(

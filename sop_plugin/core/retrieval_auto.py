@@ -28,9 +28,7 @@ from torch import Tensor
 from sop_plugin.core.retrieval import (
     RETRIEVAL_BACKENDS,
     Retrieval,
-    _as_sets,
-    check_search_args,
-    empty_result,
+    SetSearch,
     get_retrieval,
     is_available,
     is_exact,
@@ -75,7 +73,7 @@ def _same_on_every_rank(choice: str) -> str:
 
 
 @register_retrieval("auto")
-class AutoRetrieval:
+class AutoRetrieval(SetSearch):
     """Exact search through the backend measured fastest for each search shape.
 
     Args:
@@ -106,17 +104,6 @@ class AutoRetrieval:
             self.calibrate(memory_size, queries, k, dim=dim, sets=sets, device=device)
 
     # ------------------------------------------------------------------ search
-    @torch.no_grad()
-    def search(
-        self, queries: Tensor, pool: Tensor, k: int, exclude: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        check_search_args(queries, pool, k, exclude)
-        if k == 0:
-            return empty_result(queries)
-        q, ex = _as_sets(queries, exclude)
-        sims, idx = self.search_sets(q, pool, k, ex)
-        return sims[0], idx[0]
-
     @torch.no_grad()
     def search_sets(
         self, queries: Tensor, pool: Tensor, k: int, exclude: Tensor | None = None

@@ -19,10 +19,9 @@ import torch
 from torch import Tensor
 
 from sop_plugin.core.retrieval import (
+    SetSearch,
     TorchRetrieval,
     Workspace,
-    _as_sets,
-    check_search_args,
     empty_result,
     exact_matmul,
     mask_excluded_,
@@ -42,7 +41,7 @@ def score_error_bound(queries: Tensor, pool: Tensor) -> Tensor:
 
 
 @register_retrieval("torch-bf16")
-class TorchBF16Retrieval:
+class TorchBF16Retrieval(SetSearch):
     """Exact search: bf16 scan for a shortlist, certified, re-ranked in fp32 (fp32 fallback).
 
     Only the certified-ambiguous head of each shortlist (rows within ``2 eps`` of the k-th
@@ -73,17 +72,6 @@ class TorchBF16Retrieval:
         self.workspace = Workspace()
         self.fallback = TorchRetrieval(chunk_rows)
         self.last_fallback = 0
-
-    @torch.no_grad()
-    def search(
-        self, queries: Tensor, pool: Tensor, k: int, exclude: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        check_search_args(queries, pool, k, exclude)
-        if k == 0:
-            return empty_result(queries)
-        q, ex = _as_sets(queries, exclude)
-        sims, idx = self.search_sets(q, pool, k, ex)
-        return sims[0], idx[0]
 
     @torch.no_grad()
     def search_sets(

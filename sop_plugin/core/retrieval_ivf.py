@@ -23,10 +23,8 @@ from torch import Tensor
 
 from sop_plugin.core.retrieval import (
     FaissFlatRetrieval,
-    _as_sets,
+    SetSearch,
     _faiss_available,
-    check_search_args,
-    empty_result,
     overfetch_sets,
     register_retrieval,
 )
@@ -38,7 +36,7 @@ def default_nlist(num_rows: int) -> int:
 
 
 @register_retrieval("faiss-ivf")
-class FaissIVFRetrieval:
+class FaissIVFRetrieval(SetSearch):
     """Approximate IVF-Flat inner-product search with an index kept and updated across calls.
 
     Args:
@@ -63,17 +61,6 @@ class FaissIVFRetrieval:
         self._changed_since_training = 0
         #: rows re-added by the last call (for tests and sop-perf)
         self.last_update_rows = 0
-
-    @torch.no_grad()
-    def search(
-        self, queries: Tensor, pool: Tensor, k: int, exclude: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        check_search_args(queries, pool, k, exclude)
-        if k == 0:
-            return empty_result(queries)
-        q, ex = _as_sets(queries, exclude)
-        sims, idx = self.search_sets(q, pool, k, ex)
-        return sims[0], idx[0]
 
     @torch.no_grad()
     def search_sets(
