@@ -343,7 +343,7 @@ def _faiss_available(device: torch.device) -> bool:
 
 
 @register_retrieval("faiss")
-class FaissFlatRetrieval:
+class FaissFlatRetrieval(SetSearch):
     """Exact flat inner-product search with faiss, without keeping an index.
 
     CPU tensors: ``faiss.knn`` on zero-copy numpy views of the live memory (rebuilding an
@@ -367,21 +367,12 @@ class FaissFlatRetrieval:
             ) from err
 
     @torch.no_grad()
-    def search(
-        self, queries: Tensor, pool: Tensor, k: int, exclude: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        check_search_args(queries, pool, k, exclude)
-        if k == 0:
-            return empty_result(queries)
-        q, ex = _as_sets(queries, exclude)
-        sims, idx = overfetch_sets(self._knn, q, pool, k, ex)
-        return sims[0], idx[0]
-
-    @torch.no_grad()
     def search_sets(
         self, queries: Tensor, pool: Tensor, k: int, exclude: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         """queries [T, P, d], exclude [T, E] (set-wise) -> ([T, P, k], [T, P, k])."""
+        if k == 0:
+            return empty_result(queries)
         return overfetch_sets(self._knn, queries, pool, k, exclude)
 
     @staticmethod
