@@ -29,6 +29,7 @@ from sop_plugin.core import (
     warmup_cosine,
 )
 from sop_plugin.data.augment import EvalTransform, MultiCropAugment
+from sop_plugin.training.nonfinite import restore_buffers, snapshot_buffers
 
 
 class BenchModule(L.LightningModule):
@@ -138,7 +139,7 @@ class BenchModule(L.LightningModule):
         done = self.batches_done(epoch)
         self._epoch_batches = (epoch, done + 1)
         self._seed_global_rng(step)
-        snapshot = self._snapshot_buffers() if self.on_nonfinite == "skip" else None
+        snapshot = snapshot_buffers(self.objective) if self.on_nonfinite == "skip" else None
         views, masks = self._views_and_masks(images, step)
         views = [x.to(self.device) for x in views]
         g, b = 2, images.shape[0]
@@ -167,9 +168,6 @@ class BenchModule(L.LightningModule):
         return loss
 
     # ------------------------------------------------------------------ non-finite losses
-    def _snapshot_buffers(self) -> dict[str, Tensor]:
-        return {name: buf.detach().clone() for name, buf in self.objective.named_buffers()}
-
     def _on_nonfinite(self, step: int, loss: Tensor, logs: dict[str, Any], snapshot: dict[str, Tensor] | None) -> None:
         """Stop with a message naming the culprit, or (``skip``) undo the objective's state changes."""
         ckpt = getattr(self._trainer.checkpoint_callback, "last_model_path", None) if self._trainer else None
@@ -185,8 +183,7 @@ class BenchModule(L.LightningModule):
             raise NonFiniteLossError(f"{where}. {self._consecutive_skips} consecutive steps were already skipped "
                                      f"(train.max_consecutive_skips): training is not recovering")
         assert snapshot is not None
-        for name, buf in self.objective.named_buffers():
-            buf.copy_(snapshot[name])
+        restore_buffers(self.objective, snapshot)
         self.skipped_steps += 1
         self._consecutive_skips += 1
         rank_zero_warn(f"train.on_nonfinite=skip: skipped step {step} ({self.skipped_steps} skipped so far): {where}")

@@ -5,31 +5,15 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from sop_plugin.core import SOPObjective
-
-#: ``train.on_nonfinite`` values
-POLICIES = ("stop", "skip")
-
-
-class NonFiniteLossError(FloatingPointError):
-    """Training stopped at a non-finite loss (``train.on_nonfinite=stop``)."""
-
-
-def finite_on_all_ranks(loss: Tensor) -> bool:
-    """True when ``loss`` is finite on every DDP rank (one all-reduce; ranks always agree)."""
-    flag = torch.isfinite(loss.detach()).all().to(torch.float32).reshape(1)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
-
-
-def nonfinite_buffers(module: nn.Module) -> list[str]:
-    """Names of the buffers of ``module`` holding NaN/inf (memories, DINO/iBOT centres)."""
-    return [name for name, buf in module.named_buffers() if buf.is_floating_point() and not torch.isfinite(buf).all()]
+from sop_plugin.training.nonfinite import (  # noqa: F401  (re-exported for the bench)
+    POLICIES,
+    NonFiniteLossError,
+    finite_on_all_ranks,
+    nonfinite_buffers,
+)
 
 
 def describe(objective: nn.Module, logs: dict[str, Any], loss: Tensor) -> str:

@@ -21,7 +21,6 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
 from sop_plugin.bench.callbacks import (
-    AtomicCheckpointIO,
     KNNMonitor,
     LastCheckpoint,
     StepTimer,
@@ -41,6 +40,7 @@ from sop_plugin.bench.plots import plot_learning_curves, plot_metric_bars, plot_
 from sop_plugin.bench.report import validate_results, write_report
 from sop_plugin.bench.sampler import GlobalBatchSampler, ResumableLoader
 from sop_plugin.data import ArrayDataset, get_dataset
+from sop_plugin.training import AtomicCheckpointIO
 
 log = logging.getLogger("sop_bench")
 

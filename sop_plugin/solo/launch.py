@@ -20,8 +20,13 @@ wandb logging. Differences from solo-learn's scripts, all opt-in or fixes:
   linear evaluation, at ``data.augmentations.crop_size``. 224 keeps solo-learn's pipeline.
 * SOP runs under DDP without re-broadcasting buffers every step: its memories are
   all-gathered, hence identical on every rank, and tens of MB large.
-* the pretrained checkpoint is loaded with ``weights_only=True`` and must contain every
+* checkpoints are written atomically (temporary file + rename) and read with torch's safe
+  unpickler, for resuming as for linear evaluation; ``++trust_checkpoint=True`` allows
+  other pickled types (with a warning). The pretrained checkpoint must contain every
   backbone weight (solo-learn silently ignores missing ones).
+* checkpoints carry the global RNG states, so that auto-resume continues the data order
+  and augmentations where the interrupted run stopped (exact resume, see
+  ``docs/reliability.md``).
 """
 
 from __future__ import annotations
@@ -39,7 +44,9 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 import sop_plugin.solo  # noqa: F401  (registers METHODS["sop"]; clear ImportError without solo-learn)
+from sop_plugin.core.checkpoint import load_checkpoint
 from sop_plugin.solo.sop_method import num_devices
+from sop_plugin.training import AtomicCheckpointIO, RNGStateCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +59,14 @@ def _select(cfg: DictConfig, key: str, default: Any = None) -> Any:
     from solo.utils.misc import omegaconf_select
 
     return omegaconf_select(cfg, key, default)
+
+
+def trust_checkpoint(cfg: DictConfig) -> bool:
+    """``++trust_checkpoint=True``: load checkpoints holding arbitrary pickled objects (runs their code)."""
+    value = _select(cfg, "trust_checkpoint", False)
+    if not isinstance(value, bool):
+        raise ValueError(f"trust_checkpoint={value!r} must be True or False")
+    return value
 
 
 def parse_with_devices(parse_fn: Callable[[DictConfig], DictConfig], cfg: DictConfig) -> DictConfig:
@@ -166,7 +181,7 @@ def _callbacks_and_logger(cfg: DictConfig, model, logdir: str, wandb_run_id: str
     from lightning.pytorch.callbacks import LearningRateMonitor
     from solo.utils.checkpointer import Checkpointer
 
-    callbacks: list[Any] = []
+    callbacks: list[Any] = [RNGStateCheckpoint()]
     if cfg.checkpoint.enabled:
         callbacks.append(
             Checkpointer(
@@ -217,6 +232,7 @@ def _trainer(cfg: DictConfig, callbacks: list[Any], logger: Any, broadcast_buffe
             "callbacks": callbacks,
             "enable_checkpointing": False,
             "strategy": strategy,
+            "plugins": [*(kwargs.get("plugins") or []), AtomicCheckpointIO(trust_checkpoint(cfg))],
         }
     )
     return Trainer(**kwargs)
@@ -346,14 +362,18 @@ def run_pretrain(cfg: DictConfig):
 
 
 # ---------------------------------------------------------------------- linear evaluation
-def load_backbone_weights(backbone: torch.nn.Module, ckpt_path: str | Path) -> None:
-    """Load the ``backbone.*`` weights of a solo-learn (or SOP) checkpoint into ``backbone``."""
+def load_backbone_weights(backbone: torch.nn.Module, ckpt_path: str | Path, trusted: bool = False) -> None:
+    """Load the ``backbone.*`` weights of a solo-learn (or SOP) checkpoint into ``backbone``.
+
+    The file is read with torch's safe unpickler (:func:`sop_plugin.core.checkpoint.load_checkpoint`);
+    ``trusted`` (``++trust_checkpoint=True``) allows other pickled types, with a warning.
+    """
     path = str(ckpt_path)
     if not path.endswith((".ckpt", ".pth", ".pt")):
         raise ValueError(f"pretrained_feature_extractor={path!r} must be a .ckpt, .pth or .pt file")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"pretrained_feature_extractor {path!r} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_checkpoint(path, trust_checkpoint=trusted)
     state = state.get("state_dict", state)
     weights = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
     if not weights:  # checkpoints of old solo-learn versions called the backbone "encoder"
@@ -395,7 +415,7 @@ def run_linear(cfg: DictConfig):
             backbone.maxpool = nn.Identity()
     if cfg.pretrained_feature_extractor is None:
         raise ValueError("set pretrained_feature_extractor to the pretraining checkpoint (.ckpt)")
-    load_backbone_weights(backbone, cfg.pretrained_feature_extractor)
+    load_backbone_weights(backbone, cfg.pretrained_feature_extractor, trusted=trust_checkpoint(cfg))
 
     mixup_func = None
     if cfg.mixup > 0 or cfg.cutmix > 0:

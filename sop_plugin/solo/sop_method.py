@@ -36,6 +36,13 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from sop_plugin.core import BlockMaskGenerator, SOPConfig, SOPHead, SOPObjective
+from sop_plugin.training.nonfinite import (
+    POLICIES,
+    NonFiniteLossError,
+    finite_on_all_ranks,
+    restore_buffers,
+    snapshot_buffers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +86,10 @@ METHOD_KWARGS_DEFAULTS: dict[str, Any] = {
     "mask_min_block": 4,
     # per-parameter gradient clipping of the student (0 = off), as solo-learn's DINO
     "clip_grad": 0.0,
+    # non-finite loss: "stop" (error naming the culprit and the last checkpoint) or "skip"
+    # (no update, memories left as they were), giving up after this many skips in a row
+    "on_nonfinite": "stop",
+    "max_consecutive_skips": 10,
 }
 
 
@@ -149,6 +160,10 @@ def _check_method_kwargs(cfg: omegaconf.DictConfig) -> None:
             f"method_kwargs.warmup_teacher_temperature_epochs={mk.warmup_teacher_temperature_epochs} "
             "must be >= 0"
         )
+    if mk.on_nonfinite not in POLICIES:
+        errors.append(f"method_kwargs.on_nonfinite={mk.on_nonfinite!r}; choose one of {list(POLICIES)}")
+    if int(mk.max_consecutive_skips) < 1:
+        errors.append(f"method_kwargs.max_consecutive_skips={mk.max_consecutive_skips} must be >= 1")
     if float(mk.clip_grad) < 0:
         errors.append(f"method_kwargs.clip_grad={mk.clip_grad} must be >= 0 (0 disables clipping)")
     for key in ("proj_hidden_dim", "proj_num_layers"):
@@ -191,6 +206,8 @@ class SOP(BaseMomentumMethod):
         seed: seed of the SOP sets and masks (default: the run's ``seed``).
         mask_prob, mask_ratio, mask_min_block: block masks of the student's global crops.
         clip_grad: per-parameter gradient-norm clip of the student (0 = off).
+        on_nonfinite, max_consecutive_skips: a non-finite loss stops training with a
+            message naming the culprit (``stop``), or the step is dropped (``skip``).
     """
 
     def __init__(self, cfg: omegaconf.DictConfig):
@@ -199,6 +216,11 @@ class SOP(BaseMomentumMethod):
         self.sop_cfg: SOPConfig = sop_config_from_cfg(cfg)
         self.clip_grad = float(mk.clip_grad)
         self.warmup_teacher_temperature_epochs = float(mk.warmup_teacher_temperature_epochs)
+        self.on_nonfinite = str(mk.on_nonfinite)
+        self.max_consecutive_skips = int(mk.max_consecutive_skips)
+        self.skipped_steps = 0
+        self._consecutive_skips = 0
+        self._skip = False
 
         head_kwargs = {
             "in_dim": self.features_dim,
@@ -372,8 +394,18 @@ class SOP(BaseMomentumMethod):
 
     # ------------------------------------------------------------------ training
     def on_train_start(self) -> None:
-        """Converts the teacher-temperature warm-up from epochs to optimisation steps."""
+        """Converts the teacher-temperature warm-up from epochs to optimisation steps, and puts
+        the EMA coefficient where a resumed run left it.
+
+        solo-learn keeps tau in a plain attribute that checkpoints do not carry, so a resumed
+        run would make its first EMA update with the *initial* tau; recomputing it from the
+        restored global step makes the resume exact.
+        """
         super().on_train_start()
+        if self.trainer.global_step > 0:
+            self.momentum_updater.update_tau(
+                cur_step=self.trainer.global_step, max_steps=self.trainer.estimated_stepping_batches
+            )
         epochs = self.warmup_teacher_temperature_epochs
         if epochs > 0:
             steps_per_epoch = self.trainer.estimated_stepping_batches / max(1, self.max_epochs)
@@ -384,6 +416,7 @@ class SOP(BaseMomentumMethod):
         _, X, _ = batch
         X = [X] if isinstance(X, Tensor) else X
         masks = self._draw_masks(X[: self.num_large_crops], batch_idx) if self.use_mim else []
+        snapshot = snapshot_buffers(self.objective) if self.on_nonfinite == "skip" else None
         self._pending_masks = list(masks)
         try:
             out = super().training_step(batch, batch_idx)
@@ -403,6 +436,12 @@ class SOP(BaseMomentumMethod):
             stacked_masks,
             step=int(self.trainer.global_step),
         )
+        total = result.loss + out["loss"]
+        self._skip = not finite_on_all_ranks(total)
+        if self._skip:
+            self._on_nonfinite(total, out["loss"], snapshot)
+            return total  # its gradients are dropped in on_before_optimizer_step
+        self._consecutive_skips = 0
         metrics = {
             "train_sop_loss": result.loss,
             "train_sop_cls_loss": result.cls_loss,
@@ -416,7 +455,48 @@ class SOP(BaseMomentumMethod):
             {k if k.startswith("sop_") else f"sop_{k}": v for k, v in result.stats.items()}
         )
         self.log_dict(extras, on_epoch=False, on_step=True)
-        return result.loss + out["loss"]
+        return total
+
+    # ------------------------------------------------------------------ non-finite losses
+    def _last_checkpoint(self) -> str | None:
+        """The newest checkpoint solo-learn's Checkpointer wrote in this run, if any."""
+        for callback in self.trainer.callbacks:
+            path = getattr(callback, "last_ckpt", None)
+            if path:
+                return str(path)
+        return None
+
+    def _on_nonfinite(self, total: Tensor, solo_loss: Tensor, snapshot: dict[str, Tensor] | None) -> None:
+        """Stop with a message naming the culprit, or (``skip``) undo the memories' update."""
+        step = int(self.trainer.global_step)
+        if bool(torch.isfinite(total.detach()).all()):
+            what = "on another DDP rank (see that rank's message)"
+        elif not bool(torch.isfinite(solo_loss.detach()).all()):
+            what = (f"solo-learn's online classifier loss is {float(solo_loss):.4g}; SOP: "
+                    f"{self.objective.explain_nonfinite()}")
+        else:
+            what = self.objective.explain_nonfinite()
+        ckpt = self._last_checkpoint()
+        hint = (f"last good checkpoint: {ckpt} (resume with ++resume_from_checkpoint='{ckpt}' after the fix)"
+                if ckpt else "no checkpoint written yet in this run")
+        where = f"non-finite SOP loss at step {step}: {what}; {hint}"
+        if self.on_nonfinite != "skip":
+            raise NonFiniteLossError(f"{where}. Fix the cause or set method_kwargs.on_nonfinite=skip")
+        if self._consecutive_skips >= self.max_consecutive_skips:
+            raise NonFiniteLossError(f"{where}. {self._consecutive_skips} consecutive steps were already "
+                                     "skipped (method_kwargs.max_consecutive_skips): training is not recovering")
+        assert snapshot is not None
+        restore_buffers(self.objective, snapshot)
+        self.skipped_steps += 1
+        self._consecutive_skips += 1
+        log.warning("method_kwargs.on_nonfinite=skip: skipped step %d (%d so far): %s", step,
+                    self.skipped_steps, where)
+        self.log("train_sop_skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """A skipped step updates nothing: parameters without gradients are left alone."""
+        if self._skip:
+            optimizer.zero_grad(set_to_none=True)
 
     def on_after_backward(self) -> None:
         """Clips each student parameter's gradient norm to ``clip_grad`` (when > 0)."""

@@ -19,9 +19,9 @@ import torch
 from lightning.fabric.plugins.io import torch_io
 from relutil import LossRecorder, assert_states_close, overrides, state_of, tiny_config
 
-from sop_plugin.bench.callbacks import AtomicCheckpointIO
 from sop_plugin.bench.runner import check_resume, fit_method, load_data
 from sop_plugin.core.checkpoint import CheckpointError, load_checkpoint
+from sop_plugin.training import AtomicCheckpointIO
 
 HERE = Path(__file__).parent
 

@@ -6,9 +6,8 @@ import pytest
 
 pytest.importorskip("solo", reason="solo-learn 1.0.6 is not installed (optional extra, see README)")
 
-from pathlib import Path  # noqa: E402
-
 from omegaconf import OmegaConf  # noqa: E402
+from soloutil import SCRIPTS, compose  # noqa: E402
 
 from sop_plugin.core import SOPConfig  # noqa: E402
 from sop_plugin.solo.sop_method import (  # noqa: E402
@@ -18,8 +17,6 @@ from sop_plugin.solo.sop_method import (  # noqa: E402
     num_devices,
     sop_config_from_cfg,
 )
-
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 
 
 def make_cfg(method_kwargs=None, backbone="vit_tiny", small_crops=0, large_crops=2, **top):
@@ -139,15 +136,6 @@ def test_device_counting():
     assert global_batch_size(make_cfg(devices=[0, 1, 2], num_nodes=2)) == 8 * 3 * 2
 
 
-def _compose(folder, name, overrides=()):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(folder), version_base="1.2"):
-        cfg = compose(config_name=name, overrides=list(overrides))
-    OmegaConf.set_struct(cfg, False)
-    return cfg
-
-
 def _count_crops(cfg):
     big = cfg.augmentations[0].crop_size
     cfg.data.num_large_crops = sum(a.num_crops for a in cfg.augmentations if a.crop_size == big)
@@ -159,14 +147,14 @@ def test_shipped_pretrain_configs_are_valid(dataset):
     from solo.methods import DINO
 
     folder = SCRIPTS / "pretrain" / dataset
-    sop = _compose(folder, "sop.yaml")
+    sop = compose(folder, "sop.yaml")
     _count_crops(sop)
     assert sop.method == "sop" and sop.data.num_large_crops == 2 and sop.data.num_small_crops > 0
     assert sop.wandb.enabled is False
     sop = SOP.add_and_assert_specific_cfg(sop)
     assert set(sop.method_kwargs) == set(METHOD_KWARGS_DEFAULTS)
 
-    dino = _compose(folder, "dino.yaml")
+    dino = compose(folder, "dino.yaml")
     _count_crops(dino)
     assert dino.method == "dino" and dino.data.num_small_crops == 0
     dino = DINO.add_and_assert_specific_cfg(dino)
@@ -188,15 +176,15 @@ def test_shipped_pretrain_configs_are_valid(dataset):
     )
 
     # the strictly matched pair: SOP on the global crops only
-    sop_global = _compose(folder, "sop.yaml", ["augmentations=global.yaml"])
+    sop_global = compose(folder, "sop.yaml", ["augmentations=global.yaml"])
     _count_crops(sop_global)
     assert sop_global.data.num_small_crops == 0
 
 
 @pytest.mark.parametrize("dataset", ["cifar", "imagenet-100", "imagenet", "fashion-mnist"])
 def test_shipped_linear_configs_match_pretraining(dataset):
-    linear = _compose(SCRIPTS / "linear" / dataset, "sop.yaml")
-    pretrain = _compose(SCRIPTS / "pretrain" / dataset, "sop.yaml")
+    linear = compose(SCRIPTS / "linear" / dataset, "sop.yaml")
+    pretrain = compose(SCRIPTS / "pretrain" / dataset, "sop.yaml")
     assert linear.pretrain_method == "sop"
     assert OmegaConf.to_container(linear.backbone) == OmegaConf.to_container(pretrain.backbone)
     assert linear.data.dataset == pretrain.data.dataset

@@ -15,34 +15,9 @@ pytest.importorskip("solo", reason="solo-learn 1.0.6 is not installed (optional 
 
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
+from soloutil import CPU, SCRIPTS, SMALL_SOP, compose_pretrain, data_overrides  # noqa: E402
 
 from sop_plugin.solo.launch import absolute_config_path, parse_with_devices  # noqa: E402
-
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
-
-# CPU-sized settings on top of the shipped Fashion-MNIST configs (28x28, 5 classes here).
-CPU = [
-    "data.num_workers=0",
-    "devices=1",
-    "accelerator=cpu",
-    "strategy=auto",
-    "precision=32",
-    "sync_batchnorm=False",
-    "optimizer.batch_size=5",
-    "auto_resume.enabled=False",
-    "wandb.enabled=False",
-    "++enable_progress_bar=False",
-]
-SMALL_SOP = [
-    "method_kwargs.proj_hidden_dim=128",
-    "method_kwargs.class_memory_size=1024",
-    "method_kwargs.patch_memory_size=512",
-    "method_kwargs.patch_num_anchors=32",
-]
-
-
-def _data(folder: Path) -> list[str]:
-    return [f"data.train_path={folder / 'train'}", f"data.val_path={folder / 'val'}"]
 
 
 def _script(name: str) -> str:
@@ -76,7 +51,7 @@ def test_parse_with_devices_accepts_an_int(tiny_image_folder):
     cfg = OmegaConf.load(SCRIPTS / "linear" / "fashion-mnist" / "sop.yaml")
     cfg.pop("defaults")
     cfg.merge_with_dotlist(
-        _data(tiny_image_folder) + ["devices=2", "pretrained_feature_extractor=x.ckpt"]
+        data_overrides(tiny_image_folder) + ["devices=2", "pretrained_feature_extractor=x.ckpt"]
     )
     cfg = parse_with_devices(parse_cfg, cfg)
     assert cfg.devices == 2
@@ -94,7 +69,7 @@ def test_cli_fast_dev_run_pretrain_then_linear(tiny_image_folder, tmp_path):
             str(SCRIPTS / "pretrain" / "fashion-mnist"),
             "--config-name",
             "sop.yaml",
-            *_data(tiny_image_folder),
+            *data_overrides(tiny_image_folder),
             *CPU,
             *SMALL_SOP,
             "knn_eval.enabled=True",
@@ -116,7 +91,7 @@ def test_cli_fast_dev_run_pretrain_then_linear(tiny_image_folder, tmp_path):
             "--config-name",
             "sop.yaml",
             f"pretrained_feature_extractor='{ckpts[0]}'",  # quoted: the name has '='
-            *_data(tiny_image_folder),
+            *data_overrides(tiny_image_folder),
             *CPU,
             f"checkpoint.dir={ckpt_dir}",
             "++fast_dev_run=True",
@@ -126,16 +101,6 @@ def test_cli_fast_dev_run_pretrain_then_linear(tiny_image_folder, tmp_path):
     assert len(list((ckpt_dir / "linear").rglob("*.ckpt"))) == 1
 
 
-def _compose(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-
-    folder = SCRIPTS / "pretrain" / "fashion-mnist"
-    with initialize_config_dir(config_dir=str(folder), version_base="1.2"):
-        cfg = compose(config_name="sop.yaml", overrides=overrides)
-    OmegaConf.set_struct(cfg, False)
-    return cfg
-
-
 @pytest.mark.slow
 def test_pretrain_logs_knn_and_sop_losses_and_resumes(tiny_image_folder, tmp_path, monkeypatch):
     from sop_plugin.solo.launch import run_pretrain
@@ -143,7 +108,7 @@ def test_pretrain_logs_knn_and_sop_losses_and_resumes(tiny_image_folder, tmp_pat
     monkeypatch.chdir(tmp_path)
     ckpt_dir = tmp_path / "trained_models"
     common = [
-        *_data(tiny_image_folder),
+        *data_overrides(tiny_image_folder),
         *CPU,
         *SMALL_SOP,
         "knn_eval.enabled=True",
@@ -153,7 +118,7 @@ def test_pretrain_logs_knn_and_sop_losses_and_resumes(tiny_image_folder, tmp_pat
         "++num_sanity_val_steps=0",
         "++logger=False",
     ]
-    trainer = run_pretrain(_compose([*common, "max_epochs=1"]))
+    trainer = run_pretrain(compose_pretrain([*common, "max_epochs=1"]))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     for key in (
         "val_knn_acc1",
@@ -169,7 +134,7 @@ def test_pretrain_logs_knn_and_sop_losses_and_resumes(tiny_image_folder, tmp_pat
     before = torch.load(first[0], map_location="cpu", weights_only=True)
 
     resumed = run_pretrain(
-        _compose([*common, "max_epochs=2", f"++resume_from_checkpoint='{first[0]}'"])
+        compose_pretrain([*common, "max_epochs=2", f"++resume_from_checkpoint='{first[0]}'"])
     )
     assert resumed.global_step == before["global_step"] + 1
     after = resumed.lightning_module.objective
