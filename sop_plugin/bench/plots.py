@@ -76,6 +76,32 @@ def plot_metric_bars(
     return _save(fig, path)
 
 
+def plot_sweep(
+    values: Sequence[float],
+    scores: Mapping[str, Sequence[float]],
+    key: str,
+    metric: str,
+    path: str | Path,
+    floor: float | None = None,
+) -> Path:
+    """One line per method: ``metric`` against the swept setting ``key`` (log x axis)."""
+    fig = Figure(figsize=(6.0, 4.0))
+    ax = fig.add_subplot()
+    for method, ys in scores.items():
+        ax.plot(values, ys, marker="o", label=method)
+    if floor is not None:
+        ax.axhline(floor, color="gray", linestyle="--", label=f"raw pixels ({floor:.1f})")
+    if min(values) > 0:
+        ax.set_xscale("log")
+    ax.set_xticks(list(values), [f"{v:g}" for v in values])
+    ax.set_xlabel(key)
+    ax.set_ylabel(f"{metric} (%)")
+    ax.set_title(f"{metric} per {key}, same grid for every method")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
 def _as_image(img: Tensor) -> tuple[np.ndarray, str | None]:
     """uint8 ``[C, H, W]`` -> array for ``imshow`` plus the colormap to use."""
     arr = img.detach().cpu().numpy()

@@ -92,3 +92,41 @@ def test_validate_results_names_the_bad_key(edit, message: str) -> None:
 
 def test_metric_order_is_the_documented_schema() -> None:
     assert set(METRICS) == set(_metrics(0.0))
+
+
+def _sweep_run(root: Path, lr: float, knn: dict[str, float], seed: int = 0) -> Path:
+    import json
+
+    run = root / f"lr{lr:g}"
+    run.mkdir()
+    cfg = {"seed": seed, "out": str(run), "optim": {"lr": lr, "min_lr": 1e-5}, "sop": {"copy_of_lr": lr}}
+    results = copy.deepcopy(RESULTS)
+    for method, value in knn.items():
+        results["methods"][method] = _metrics(value)
+    (run / "config.json").write_text(json.dumps(cfg))
+    (run / "results.json").write_text(json.dumps(results))
+    return run
+
+
+def test_sweep_table_best_value_and_plot(tmp_path: Path) -> None:
+    from sop_plugin.bench.sweep import load_runs, summarize_sweep, write_sweep
+
+    runs = [_sweep_run(tmp_path, 2e-3, {"sop": 70.0, "dino": 75.0, "ibot": 71.0}),
+            _sweep_run(tmp_path, 5e-4, {"sop": 72.0, "dino": 73.0, "ibot": 74.0})]
+    summary = summarize_sweep(load_runs(runs, "optim.lr"), "optim.lr")
+    assert summary["values"] == [5e-4, 2e-3]  # sorted
+    assert summary["methods"]["sop"]["knn_top1"] == [72.0, 70.0]
+    assert summary["methods"]["sop"]["linear_top1"] == [73.0, 71.0]
+    assert {m: s["best_value"] for m, s in summary["methods"].items()} == {"sop": 5e-4, "dino": 2e-3, "ibot": 5e-4}
+    write_sweep(summary, tmp_path / "out")
+    table = (tmp_path / "out" / "sweep.md").read_text()
+    assert "| sop | 72.00 / 73.00 | 70.00 / 71.00 | 0.0005 |" in table
+    assert _is_png(tmp_path / "out" / "sweep.png")
+
+
+def test_sweep_refuses_runs_that_differ_elsewhere(tmp_path: Path) -> None:
+    from sop_plugin.bench.sweep import load_runs
+
+    runs = [_sweep_run(tmp_path, 2e-3, {}), _sweep_run(tmp_path, 5e-4, {}, seed=1)]
+    with pytest.raises(ValueError, match=r"runs differ in \['seed'\] besides optim.lr"):
+        load_runs(runs, "optim.lr")
