@@ -47,6 +47,11 @@ PERF_SETTINGS: dict[str, PerfSetting] = {
             "SOP class memory 8,192, DINO/iBOT 4,096 prototypes",
         ),
         PerfSetting(
+            "vit_tiny_28_global", ("profile=quick", "sop.sop.mim_weight=0"), 1, 3, 15,
+            "vit_tiny_28 with SOP's global loss only (no SOP-MIM, no masks): SOP's class level against "
+            "DINO, which has no patch branch either (a diagnostic; iBOT keeps its MIM)",
+        ),
+        PerfSetting(
             "vit_tiny_224",
             ("profile=full", "model.embed_dim=192", "model.depth=12", "model.num_heads=3", "model.patch_size=16",
              "train.batch_size=16", "crops.num_local=2", "~crops.extra"),

@@ -93,6 +93,7 @@ def plot_sweep(
         ax.axhline(floor, color="gray", linestyle="--", label=f"raw pixels ({floor:.1f})")
     if min(values) > 0:
         ax.set_xscale("log")
+        ax.minorticks_off()
     ax.set_xticks(list(values), [f"{v:g}" for v in values])
     ax.set_xlabel(key)
     ax.set_ylabel(f"{metric} (%)")

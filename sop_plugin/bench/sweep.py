@@ -17,8 +17,8 @@ from sop_plugin.bench.plots import plot_sweep
 from sop_plugin.bench.report import validate_results
 
 METRICS = ("knn_top1", "linear_top1")
-#: config entries that legitimately differ between runs of one search
-IGNORED = ("out",)
+#: config entries that legitimately differ between runs of one search (output place, display only)
+IGNORED = ("out", "trainer.enable_progress_bar")
 
 
 def _get(cfg: dict[str, Any], dotted: str) -> Any:
@@ -97,7 +97,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--key", required=True, help="the swept config key, e.g. optim.lr")
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
-    summary = summarize_sweep(load_runs(args.runs, args.key), args.key)
+    try:
+        summary = summarize_sweep(load_runs(args.runs, args.key), args.key)
+    except (ValueError, KeyError, FileNotFoundError) as err:
+        parser.exit(2, f"sweep: error: {err}\n")
     write_sweep(summary, args.out)
     print(f"wrote {args.out / 'sweep.md'}")
 
