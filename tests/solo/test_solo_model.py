@@ -134,3 +134,48 @@ def test_resnet_backbone_disables_sop_mim_with_warning(caplog):
 def test_vit_without_mim_has_no_mask_token():
     m = build(kwargs={"img_size": 16, "patch_size": 4}, method_kwargs={"mim_weight": 0.0})
     assert not m.use_mim and not hasattr(m, "mask_token")
+
+
+class _Payload:
+    """A pickled object outside the safe types (stands in for a malicious one)."""
+
+
+def test_bad_input_solo_linear_refuses_unsafe_checkpoint_unless_trusted(vit_model, tmp_path):
+    import warnings
+
+    from omegaconf import OmegaConf
+    from solo.backbones import vit_tiny
+
+    from sop_plugin.core.checkpoint import CheckpointError, UnsafeCheckpointWarning
+    from sop_plugin.solo.launch import load_backbone_weights
+
+    state = {k: v for k, v in vit_model.state_dict().items() if k.startswith("backbone.")}
+    # solo-learn style: OmegaConf hyper-parameters load with the safe loader
+    safe = tmp_path / "safe.ckpt"
+    torch.save({"state_dict": state, "hyper_parameters": OmegaConf.create({"cfg": {"name": "x"}})}, safe)
+    load_backbone_weights(vit_tiny("sop", img_size=16, patch_size=4), safe)
+
+    unsafe = tmp_path / "unsafe.ckpt"
+    torch.save({"state_dict": state, "extra": _Payload()}, unsafe)
+    with pytest.raises(CheckpointError, match=r"_Payload.*set trust_checkpoint=true"):
+        load_backbone_weights(vit_tiny("sop", img_size=16, patch_size=4), unsafe)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_backbone_weights(vit_tiny("sop", img_size=16, patch_size=4), unsafe, trusted=True)
+    assert any(issubclass(w.category, UnsafeCheckpointWarning) for w in caught)
+
+    with pytest.raises(ValueError, match="must be a .ckpt, .pth or .pt file"):
+        load_backbone_weights(vit_tiny("sop", img_size=16, patch_size=4), tmp_path / "model.bin")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_backbone_weights(vit_tiny("sop", img_size=16, patch_size=4), tmp_path / "missing.ckpt")
+
+
+def test_bad_input_solo_trust_checkpoint_must_be_bool():
+    from omegaconf import OmegaConf
+
+    from sop_plugin.solo.launch import trust_checkpoint
+
+    assert trust_checkpoint(OmegaConf.create({})) is False
+    assert trust_checkpoint(OmegaConf.create({"trust_checkpoint": True})) is True
+    with pytest.raises(ValueError, match=r"trust_checkpoint='yes' must be True or False"):
+        trust_checkpoint(OmegaConf.create({"trust_checkpoint": "yes"}))
