@@ -14,7 +14,7 @@ APT := $(shell command -v apt-get 2>/dev/null)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BENCH_ARGS ?=
 
-.PHONY: setup data test bench lint clean
+.PHONY: setup data test bench lint clean gpu-bundle
 setup: $(VENV)/.installed data
 
 $(VENV)/.installed: setup.cfg setup.py pyproject.toml
@@ -37,6 +37,15 @@ test: setup
 
 bench: setup
 	$(VENV)/bin/sop-bench $(BENCH_ARGS)
+
+# What benchmarks/gpu_run.sh carries to a GPU machine without network: wheels of the packages a
+# plain CUDA/torch image lacks (cp312, downloaded from PyPI when you run this) and the dataset.
+gpu-bundle: setup
+	$(PIP) download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 -d .whl lightly==1.6.0 hydra-core==1.3.2 omegaconf==2.3.0 faiss-cpu==1.15.1
+	$(PIP) wheel -q --no-deps antlr4-python3-runtime==4.9.3 -w .whl
+	mkdir -p .data/fashion-mnist && cp $(FMNIST_DIR)/*.gz .data/fashion-mnist/
 
 lint: setup
 	$(VENV)/bin/ruff check sop_plugin tests
