@@ -9,11 +9,11 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from sop_plugin.bench.nonfinite import POLICIES
 from sop_plugin.bench.objectives import OBJECTIVES
 from sop_plugin.bench.resume import resolve_resume
 from sop_plugin.core import BlockMaskGenerator, SOPConfig
 from sop_plugin.data import DATASETS, MultiCropAugment
+from sop_plugin.training.nonfinite import POLICIES
 
 
 class ConfigError(ValueError):

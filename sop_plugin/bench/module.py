@@ -13,12 +13,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from sop_plugin.bench.distributed import exact_ddp_centers, rank_and_world
-from sop_plugin.bench.nonfinite import (
-    NonFiniteLossError,
-    checkpoint_hint,
-    describe,
-    finite_on_all_ranks,
-)
+from sop_plugin.bench.nonfinite import checkpoint_hint, describe
 from sop_plugin.bench.objectives import build_objective
 from sop_plugin.core import (
     BlockMaskGenerator,
@@ -29,7 +24,12 @@ from sop_plugin.core import (
     warmup_cosine,
 )
 from sop_plugin.data.augment import EvalTransform, MultiCropAugment
-from sop_plugin.training.nonfinite import restore_buffers, snapshot_buffers
+from sop_plugin.training.nonfinite import (
+    NonFiniteLossError,
+    finite_on_all_ranks,
+    restore_buffers,
+    snapshot_buffers,
+)
 
 
 class BenchModule(L.LightningModule):

@@ -1,4 +1,4 @@
-"""Non-finite losses in the benchmark: detection agreed by every rank, and a message that names the culprit."""
+"""Non-finite losses in the benchmark: a message that names the culprit and where to resume from."""
 
 from __future__ import annotations
 
@@ -8,12 +8,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from sop_plugin.core import SOPObjective
-from sop_plugin.training.nonfinite import (  # noqa: F401  (re-exported for the bench)
-    POLICIES,
-    NonFiniteLossError,
-    finite_on_all_ranks,
-    nonfinite_buffers,
-)
+from sop_plugin.training.nonfinite import nonfinite_buffers
 
 
 def describe(objective: nn.Module, logs: dict[str, Any], loss: Tensor) -> str:

@@ -15,10 +15,10 @@ import pytest
 import torch
 from relutil import LossRecorder, overrides, state_of, tiny_config
 
-from sop_plugin.bench.nonfinite import NonFiniteLossError
 from sop_plugin.bench.runner import fit_method, load_data
 from sop_plugin.core import SOPConfig, SOPObjective
 from sop_plugin.core.checkpoint import load_checkpoint
+from sop_plugin.training.nonfinite import NonFiniteLossError
 
 HERE = Path(__file__).parent
 

@@ -17,35 +17,34 @@ import pytest
 
 pytest.importorskip("solo", reason="solo-learn 1.0.6 is not installed (optional extra, see README)")
 
+import lightning as L  # noqa: E402
 import torch  # noqa: E402
 from soloutil import CPU, SMALL_SOP, compose_pretrain, data_overrides  # noqa: E402
 
 from sop_plugin.core.checkpoint import load_checkpoint  # noqa: E402
+from sop_plugin.solo import launch  # noqa: E402
 
 STEPS_PER_EPOCH = 4  # 20 training images, batch 5, drop_last
+MAKE_CALLBACKS = launch._callbacks_and_logger  # the launcher's own, before any test patches it
 
 
 class Preempted(RuntimeError):
     """Raised to interrupt a run after its first checkpoint."""
 
 
+class PreemptAfterFirstEpoch(L.Callback):
+    """Stands for a job killed right after solo-learn's Checkpointer saved epoch 0."""
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        raise Preempted("interrupted after the first epoch's checkpoint")
+
+
 def _run(folder: Path, ckpt_dir: Path, extra: list[str], monkeypatch: pytest.MonkeyPatch,
          preempt: bool = False):
-    import lightning as L
-
-    from sop_plugin.solo import launch
-
-    class PreemptAfterFirstEpoch(L.Callback):
-        def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-            raise Preempted("interrupted after the first epoch's checkpoint")
-
-    make_callbacks = getattr(launch._callbacks_and_logger, "unpatched", launch._callbacks_and_logger)
-
     def callbacks_and_logger(*args, **kwargs):
-        callbacks, logger = make_callbacks(*args, **kwargs)
+        callbacks, logger = MAKE_CALLBACKS(*args, **kwargs)
         return callbacks + ([PreemptAfterFirstEpoch()] if preempt else []), logger
 
-    callbacks_and_logger.unpatched = make_callbacks
     monkeypatch.setattr(launch, "_callbacks_and_logger", callbacks_and_logger)
     overrides = [
         *data_overrides(folder), *CPU, *SMALL_SOP,
