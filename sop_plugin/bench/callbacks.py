@@ -1,7 +1,9 @@
-"""Lightning callbacks of the benchmark: per-epoch kNN monitor, step timer, last checkpoint."""
+"""Lightning callbacks of the benchmark: per-epoch kNN monitor, step timer, last checkpoint, CSV log."""
 
 from __future__ import annotations
 
+import csv
+import os
 import statistics
 import time
 from pathlib import Path
@@ -10,6 +12,8 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from sop_plugin.bench.evaluation import knn_top1
 
@@ -78,7 +82,7 @@ class LastCheckpoint(ModelCheckpoint):
     epoch and when training ends, so a resume never loses more than ``every_n_steps`` steps."""
 
     def __init__(self, dirpath: str | Path, every_n_steps: int = 0) -> None:
-        super().__init__(dirpath=dirpath, save_last=True, save_top_k=0,
+        super().__init__(dirpath=str(dirpath), save_last=True, save_top_k=0,
                          every_n_train_steps=every_n_steps or None, every_n_epochs=None if every_n_steps else 1)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -90,6 +94,38 @@ class LastCheckpoint(ModelCheckpoint):
     def _save_last_if_new(self, trainer: L.Trainer) -> None:
         if not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class ResumableCSVLogger(CSVLogger):
+    """Lightning's CSV logger that keeps the rows of an interrupted run's ``metrics.csv`` on resume.
+
+    Lightning >= 2.2 deletes an existing ``metrics.csv`` when the writer starts; Lightning
+    < 2.2 (solo-learn pins 2.1.2) starts the writer with no columns and then fails to
+    rewrite the earlier rows. Here the earlier rows are read first, put back if deleted,
+    and their columns seed the writer. Steps redone after a mid-epoch resume appear twice
+    (the later row is the one that counts).
+    """
+
+    @property
+    def experiment(self) -> Any:  # noqa: D102
+        if self._experiment is not None or rank_zero_only.rank != 0:
+            return CSVLogger.experiment.fget(self)  # type: ignore[attr-defined]
+        path = os.path.join(self.log_dir, "metrics.csv")
+        rows: list[dict[str, str]] = []
+        header: list[str] = []
+        if os.path.isfile(path):
+            with open(path, newline="") as f:
+                reader = csv.DictReader(f)
+                rows, header = list(reader), list(reader.fieldnames or [])
+        writer = CSVLogger.experiment.fget(self)  # type: ignore[attr-defined]
+        if header:
+            writer.metrics_keys.extend(k for k in header if k not in writer.metrics_keys)
+            if not os.path.isfile(path):
+                with open(path, "w", newline="") as f:
+                    out = csv.DictWriter(f, fieldnames=writer.metrics_keys)
+                    out.writeheader()
+                    out.writerows(rows)
+        return writer
 
 
 def reset_peak_rss() -> None:

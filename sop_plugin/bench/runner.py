@@ -15,7 +15,6 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.strategies import DDPStrategy
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
@@ -23,6 +22,7 @@ from torch.utils.data import Dataset
 from sop_plugin.bench.callbacks import (
     KNNMonitor,
     LastCheckpoint,
+    ResumableCSVLogger,
     StepTimer,
     peak_rss_mb,
     reset_peak_rss,
@@ -145,7 +145,7 @@ def fit_method(method: str, cfg: dict[str, Any], train: ArrayDataset, test: Arra
     ckpt = LastCheckpoint(method_dir / "checkpoints", every_n_steps=t.get("checkpoint_every_n_steps") or 0)
     trainer = L.Trainer(
         max_epochs=t["epochs"], max_steps=t["max_steps"] if t["max_steps"] > 0 else -1,
-        default_root_dir=str(method_dir), logger=CSVLogger(str(out), name=method, version=""),
+        default_root_dir=str(method_dir), logger=ResumableCSVLogger(str(out), name=method, version=""),
         callbacks=[knn_cb, timer, ckpt, *(callbacks or [])],
         plugins=[AtomicCheckpointIO(trust_checkpoint=bool(cfg.get("trust_checkpoint", False)))],
         enable_model_summary=False, use_distributed_sampler=False, **trainer_options(cfg),

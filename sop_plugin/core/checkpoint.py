@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import builtins
 import collections
+import pathlib
 import pickle
 import re
 import typing
@@ -39,14 +40,17 @@ _WEIGHTS_ONLY = re.compile(r"WeightsUnpickler error: (.*)")
 
 
 def safe_globals() -> list[Any]:
-    """Types allowed beyond torch's defaults: builtins, ``typing.Any`` and OmegaConf containers.
+    """Types allowed beyond torch's defaults: builtins, ``typing.Any``, pathlib paths and OmegaConf containers.
 
     OmegaConf is optional here (``core`` does not depend on it); its types are only
     added when it is installed.
     """
+    # pathlib paths: Lightning < 2.2 stores ModelCheckpoint's dirpath as given (often a Path);
+    # rebuilding a path from its parts runs no code of the file's choosing
     allowed: list[Any] = [builtins.dict, builtins.list, builtins.int, builtins.float, builtins.str,
                           builtins.bool, builtins.tuple, builtins.set, collections.OrderedDict,
-                          collections.defaultdict, typing.Any]
+                          collections.defaultdict, typing.Any, pathlib.PosixPath, pathlib.PurePosixPath,
+                          pathlib.WindowsPath, pathlib.PureWindowsPath]
     try:
         from omegaconf import DictConfig, ListConfig
         from omegaconf.base import ContainerMetadata, Metadata

@@ -172,6 +172,16 @@ def test_bad_input_checkpoint_omegaconf_hparams_load_safely(tmp_path: Path) -> N
     assert ckpt["hyper_parameters"]["cfg"].optimizer.betas[1] == 0.99
 
 
+def test_bad_input_checkpoint_with_paths_loads_safely(tmp_path: Path) -> None:
+    """Lightning < 2.2 pickles ModelCheckpoint's dirpath as a pathlib path: allowed, no warning."""
+    path = tmp_path / "paths.ckpt"
+    torch.save({"callbacks": {"ModelCheckpoint": {"dirpath": Path("/runs/x")}}}, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ckpt = load_checkpoint(path)
+    assert ckpt["callbacks"]["ModelCheckpoint"]["dirpath"] == Path("/runs/x")
+
+
 def test_bad_input_cli_exit_code_and_message(idx_data: Path, tmp_path: Path) -> None:
     args = overrides(tmp_path, idx_data, ["methods=[sop,byol]"])
     proc = subprocess.run([sys.executable, "-m", "sop_plugin.bench.cli", *args], cwd=tmp_path, capture_output=True,

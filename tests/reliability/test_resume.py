@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,10 @@ def test_resume_matches_straight_run(crash_at: int, ckpt_step: int, workers: int
     for step, loss in rec.losses.items():
         assert loss == pytest.approx(losses[step], abs=1e-6), step
     assert_states_close(state_of(fitted.module), final, atol=1e-6)
+    # the interrupted run's log rows survive the resume (Lightning alone would drop or break them)
+    with open(tmp_path / "sop" / "metrics.csv", newline="") as f:
+        logged = {int(row["step"]) for row in csv.DictReader(f)}
+    assert min(logged) < ckpt_step <= max(logged), sorted(logged)
 
 
 def test_resume_refuses_truncated_checkpoint(straight: tuple[dict[int, float], dict, Path], idx_data: Path,
