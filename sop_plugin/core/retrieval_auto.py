@@ -8,6 +8,12 @@ natively on that device on the real arguments (a warm-up call, then the median o
 the choice once. Pass ``memory_size`` (and ``queries``, ``k``, ``dim``, ``sets``,
 ``device``) to calibrate at construction on random unit vectors instead.
 
+The memory a step searches changes as training goes (random rows at first, then clustered
+embeddings), and so does which backend is fastest (``torch-bf16`` certifies a clustered memory
+with a short shortlist but falls back to fp32 on near-duplicates). So searches made in
+:func:`lockstep` re-measure their shape at fixed call counts (``recalibrate_at``, default the
+100th, 1,000th and 10,000th call): the same calls on every DDP rank, whose choice rank 0 makes.
+
 Only exact backends compete, so the choice never changes the neighbours (ties aside). Inside
 :func:`lockstep` (a training step's SOP sets, made by every DDP rank alike) every rank adopts
 rank 0's choice, so the SOP sets stay identical across ranks.
@@ -81,6 +87,7 @@ class AutoRetrieval(SetSearch):
         repeats: timed calls per candidate after one warm-up call (fewer once ``budget_s`` is spent).
         budget_s: seconds of timing per candidate and shape before it stops repeating.
         memory_size, queries, k, dim, sets, device: calibrate for this shape at construction.
+        recalibrate_at: counts of :func:`lockstep` calls of a shape at which it is measured again.
 
     Attributes:
         table: seconds per search of every candidate, per calibrated shape.
@@ -93,8 +100,11 @@ class AutoRetrieval(SetSearch):
     def __init__(self, candidates: list[str] | None = None, repeats: int = 3, budget_s: float = 0.5,
                  memory_size: int | None = None,
                  queries: int = 256, k: int = 8, dim: int = 256, sets: int = 1,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu",
+                 recalibrate_at: tuple[int, ...] = (100, 1_000, 10_000)) -> None:
         self.candidates = candidates
+        self.recalibrate_at = frozenset(recalibrate_at)
+        self.calls: dict[ShapeKey, int] = {}  # lockstep calls per shape
         self.repeats, self.budget_s = max(1, repeats), budget_s
         self.table: dict[ShapeKey, dict[str, float]] = {}
         self.choice: dict[ShapeKey, str] = {}
@@ -110,7 +120,9 @@ class AutoRetrieval(SetSearch):
     ) -> tuple[Tensor, Tensor]:
         """queries [T, P, d], exclude [T, E] (set-wise) -> ([T, P, k], [T, P, k])."""
         key = self.key(pool, queries, k)
-        if key not in self.choice:
+        if self._lockstep:  # every DDP rank makes these calls alike, so counts agree across ranks
+            self.calls[key] = self.calls.get(key, 0) + 1
+        if key not in self.choice or (self._lockstep and self.calls[key] in self.recalibrate_at):
             self._measure(key, queries, pool, k, exclude)
         return search_sets(self._backend(self.choice[key]), queries, pool, k, exclude)
 
@@ -143,8 +155,9 @@ class AutoRetrieval(SetSearch):
         for name in set(self._backends) - set(self.choice.values()):  # free the losers' buffers
             del self._backends[name]
         measured = ", ".join(f"{n} {s * 1e3:.2f} ms" for n, s in sorted(times.items(), key=lambda kv: kv[1]))
-        log.info("retrieval=auto: memory %d x %d, %d set(s) x %d queries, k=%d on %s -> %s (%s)",
-                 key.memory, key.dim, key.sets, key.queries, key.k, key.device, best, measured)
+        again = f" (re-measured at call {self.calls[key]})" if self.calls.get(key, 0) > 1 else ""
+        log.info("retrieval=auto%s: memory %d x %d, %d set(s) x %d queries, k=%d on %s -> %s (%s)",
+                 again, key.memory, key.dim, key.sets, key.queries, key.k, key.device, best, measured)
 
     def _time(self, backend: Retrieval, queries: Tensor, pool: Tensor, k: int, exclude: Tensor | None) -> float:
         """Seconds per search: the best of up to ``repeats`` calls after a warm-up (lazy init, caches).

@@ -47,13 +47,18 @@ class TorchBF16Retrieval(SetSearch):
     Only the certified-ambiguous head of each shortlist (rows within ``2 eps`` of the k-th
     bf16 score) is re-scored in fp32. The shortlist length adapts between ``2 k`` and
     ``max_shortlist``: it doubles when more than 1% of the queries needed the fallback and
-    halves when the ambiguous heads use less than half of it. When most queries of a call
-    need the fallback (a memory of near-duplicates, e.g. early in training), the next
-    ``probe_every`` calls go straight to fp32 before bf16 is tried again.
+    halves when the ambiguous heads use less than half of it. It never exceeds one row in
+    ``rows_per_candidate`` of the memory (at least ``2 k``): re-ranking gathers the shortlisted
+    rows, which costs far more per row than the bf16 scan, so a longer shortlist would make the
+    search slower than a plain fp32 one (seen at 8,192 rows: 60 ms against 8 ms with a 512-row
+    shortlist on a memory of repeated embeddings). When most queries of a call need the
+    fallback (a memory of near-duplicates, e.g. early in training), the next ``probe_every``
+    calls go straight to fp32 before bf16 is tried again.
 
     Args:
         shortlist: initial bf16 candidates kept per query.
         max_shortlist: upper limit of the adaptive shortlist.
+        rows_per_candidate: the shortlist is at most ``memory rows // rows_per_candidate``.
         chunk_rows: pool rows scored at once (bounds the bf16 copy and score buffers).
         probe_every: fp32-only calls after a call where most queries fell back.
 
@@ -65,8 +70,9 @@ class TorchBF16Retrieval(SetSearch):
     exact = True
 
     def __init__(self, shortlist: int = 32, max_shortlist: int = 512, chunk_rows: int = 8_192,
-                 probe_every: int = 16) -> None:
+                 probe_every: int = 16, rows_per_candidate: int = 128) -> None:
         self.shortlist, self.max_shortlist, self.chunk_rows = shortlist, max_shortlist, chunk_rows
+        self.rows_per_candidate = rows_per_candidate
         self.initial_shortlist, self.probe_every = shortlist, probe_every
         self.fp32_calls_left = 0
         self.workspace = Workspace()
@@ -98,22 +104,28 @@ class TorchBF16Retrieval(SetSearch):
             sims, pos = exact.topk(k, dim=-1)
             idx = cand.gather(-1, pos)
             self._fix_uncertified(~certified, queries, pool, k, exclude, sims, idx)
-        self._adapt(head, t * p, k)
+        self._adapt(head, t * p, k, pool.shape[0])
         return sims.to(queries.dtype), idx
 
-    def _adapt(self, head: int, num_queries: int, k: int) -> None:
+    def shortlist_limit(self, memory_rows: int, k: int) -> int:
+        """The longest shortlist worth re-ranking for a memory of ``memory_rows`` rows."""
+        return max(2 * k, min(self.max_shortlist, memory_rows // self.rows_per_candidate))
+
+    def _adapt(self, head: int, num_queries: int, k: int, memory_rows: int) -> None:
+        limit = self.shortlist_limit(memory_rows, k)
         if self.last_fallback > 0.5 * num_queries:
-            self.fp32_calls_left, self.shortlist = self.probe_every, self.initial_shortlist
+            self.fp32_calls_left, self.shortlist = self.probe_every, min(self.initial_shortlist, limit)
         elif self.last_fallback > 0.01 * num_queries:
-            self.shortlist = min(self.max_shortlist, 2 * self.shortlist)
+            self.shortlist = min(limit, 2 * self.shortlist)
         elif 2 * head <= self.shortlist and self.shortlist > 2 * k:
             self.shortlist = max(2 * k, self.shortlist // 2)
+        self.shortlist = min(self.shortlist, limit)
 
     def _shortlist(self, queries: Tensor, pool: Tensor, k: int,
                    exclude: Tensor | None) -> tuple[Tensor, Tensor]:
         """The best ``shortlist`` rows of every query by bf16 score: (scores fp32, indices) [T, P, kk]."""
         t, p, d = queries.shape
-        kk = min(max(self.shortlist, k), pool.shape[0])
+        kk = min(max(min(self.shortlist, self.shortlist_limit(pool.shape[0], k)), k), pool.shape[0])
         qb = queries.reshape(t * p, d).to(torch.bfloat16)
         best: tuple[Tensor, Tensor] | None = None
         ws, dev = self.workspace, pool.device

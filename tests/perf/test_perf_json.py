@@ -75,3 +75,13 @@ def test_bad_arguments_are_rejected() -> None:
         parse_args(["settings=vit_huge"])
     opts = parse_args(["repeats=4", "settings=vit_tiny_28,vit_tiny_224", "device=cpu"])
     assert opts["repeats"] == 4 and opts["settings"] == ["vit_tiny_28", "vit_tiny_224"]
+
+
+def test_reference_settings_are_reported_but_not_checked() -> None:
+    fast = {"sop": {"median_s": 1.0, "peak_mb": 1.0}, "ibot": {"median_s": 1.0, "peak_mb": 1.0},
+            "ratio_sop_over_ibot": 1.5, "ratio_sop_over_dino": 1.5}
+    targets = check_targets({"step": {"vit_tiny_28": {**fast, "target_setting": True},
+                                      "quick_28": {**fast, "target_setting": False}}})
+    assert targets["vit_tiny_28.ratio_sop_over_dino"]["met"] is False
+    assert not any(name.startswith("quick_28.") for name in targets)
+    assert parse_args(["device=cpu"])["settings"] == ["vit_tiny_28", "vit_tiny_224", "quick_28"]

@@ -10,7 +10,7 @@ import torch
 from sop_plugin.core import SOPConfig, SOPObjective, build_sops, get_retrieval
 from sop_plugin.core.objective import assign_batched
 from sop_plugin.core.retrieval import RETRIEVAL_BACKENDS, is_exact, search_sets
-from sop_plugin.core.retrieval_auto import AutoRetrieval, exact_candidates
+from sop_plugin.core.retrieval_auto import AutoRetrieval, exact_candidates, lockstep
 from sop_plugin.core.sops_batched import assign_sets, build_sop_sets, stack_sets
 
 EXACT = ["torch", "torch-bf16", "faiss", "auto"]
@@ -70,13 +70,32 @@ def test_torch_bf16_is_exact_on_a_collapsed_memory() -> None:
 
 
 def test_torch_bf16_certifies_clustered_memories() -> None:
-    pool = clustered(4096, 64, seed=6)
+    pool = clustered(8192, 64, seed=6)  # shortlist limit 8192 // 128 = 64 rows
     backend = get_retrieval("torch-bf16")
     for _ in range(3):  # the shortlist adapts after a call with fallbacks
         s, i = backend.search(pool[:256], pool, 8, exclude=torch.arange(256))
     ref_s, ref_i = get_retrieval("torch").search(pool[:256], pool, 8, exclude=torch.arange(256))
     assert backend.last_fallback < 256 // 10
     assert (i == ref_i).float().mean() > 0.999
+
+
+def test_torch_bf16_shortlist_stays_within_its_limit() -> None:
+    """Memories of repeated embeddings (the same batch step after step) must not grow the re-ranked
+    shortlist past one row in ``rows_per_candidate``; answers stay exact."""
+    backend, ref = get_retrieval("torch-bf16"), get_retrieval("torch")
+    limit = backend.shortlist_limit(8192, 8)
+    assert limit == 64 and backend.shortlist_limit(65536, 8) == 512 and backend.shortlist_limit(1024, 8) == 16
+    g = torch.Generator().manual_seed(11)
+    for distinct, noise in ((64, 0.0), (64, 0.01), (512, 0.01), (8192, 1.0), (64, 0.1)):
+        base = unit(distinct, 64, seed=distinct)
+        pool = torch.nn.functional.normalize(base.repeat(8192 // distinct, 1) + noise * torch.randn(8192, 64, generator=g),
+                                             dim=1)
+        anchors = torch.stack([torch.randperm(8192, generator=g)[:64] for _ in range(4)])
+        for _ in range(4):
+            s, _ = search_sets(backend, pool[anchors], pool, 8, anchors)
+            assert backend.shortlist <= limit
+        ref_s, _ = search_sets(ref, pool[anchors], pool, 8, anchors)
+        torch.testing.assert_close(s, ref_s, atol=1e-6, rtol=0)  # indices may differ between exact ties
 
 
 def test_faiss_ivf_recall_and_incremental_update() -> None:
@@ -108,6 +127,30 @@ def test_auto_picks_a_registered_exact_backend_and_logs_once(caplog: pytest.LogC
     assert set(table) == set(exact_candidates("cpu"))
     assert table[choice] == min(table.values())
     assert len([r for r in caplog.records if "retrieval=auto" in r.getMessage()]) == 1
+
+
+def test_auto_measures_again_at_fixed_lockstep_calls() -> None:
+    """The fastest backend on the first (random) memory need not stay the fastest: lockstep calls
+    re-measure at fixed counts, other calls never do (their counts may differ between DDP ranks)."""
+    pool = unit(500, 8, seed=12)
+    q, ex = pool[:16], torch.arange(16)
+    fastest = {"now": "torch"}
+
+    def fake_time(backend: object, *args: object) -> float:
+        return 0.0 if backend.name == fastest["now"] else 1.0  # type: ignore[attr-defined]
+
+    auto = AutoRetrieval(candidates=["torch", "faiss"], recalibrate_at=(3,))
+    auto._time = fake_time  # type: ignore[method-assign]
+    (key_choice,) = [auto.calibrate(500, queries=16, k=4, dim=8)]
+    assert key_choice == "torch"
+    fastest["now"] = "faiss"
+    for _ in range(5):
+        auto.search(q, pool, 4, exclude=ex)  # outside lockstep: no re-measure
+    assert set(auto.choice.values()) == {"torch"}
+    with lockstep(auto):
+        for call in range(1, 5):
+            auto.search(q, pool, 4, exclude=ex)
+            assert set(auto.choice.values()) == {"faiss" if call >= 3 else "torch"}
 
 
 def test_auto_calibrates_at_construction() -> None:
