@@ -76,6 +76,19 @@ class StepTimer(L.Callback):
         kept = self.times[self.skip :] or self.times
         return statistics.median(kept) if kept else float("nan")
 
+    def summary(self) -> dict[str, float]:
+        """Median, 90th percentile and max of the steps after ``skip``, and the sum of all steps.
+
+        The median is robust to a busy machine; the tail and the sum show slow phases (a
+        backend degrading as the memory fills, contention) that the median hides.
+        """
+        kept = self.times[self.skip :] or self.times
+        if not kept:
+            return {"median": float("nan"), "p90": float("nan"), "max": float("nan"), "sum": 0.0}
+        ordered = sorted(kept)
+        return {"median": statistics.median(kept), "p90": ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))],
+                "max": ordered[-1], "sum": float(sum(self.times))}
+
 
 class LastCheckpoint(ModelCheckpoint):
     """``last.ckpt`` every ``every_n_steps`` optimisation steps (0: never mid-epoch), after every

@@ -9,7 +9,8 @@ Schema (accuracies and retrieval scores in percent)::
                             "step_seconds_median", "peak_rss_mb": float,
                             "epochs": int}}}
 
-Extra keys are allowed and ignored, so the runner may store more (curves, ...).
+Extra keys are allowed and ignored, so the runner may store more (curves, the step-time tail
+``step_seconds_p90`` / ``step_seconds_max`` and ``step_seconds_sum``, ...).
 """
 
 from __future__ import annotations

@@ -124,7 +124,7 @@ class Fitted:
     trainer: L.Trainer
     curve: list[tuple[float, float]]
     seconds: float
-    step_median: float
+    steps: dict[str, float]  # StepTimer.summary(): median, p90, max, sum
 
 
 def fit_method(method: str, cfg: dict[str, Any], train: ArrayDataset, test: ArrayDataset, out: Path,
@@ -153,7 +153,7 @@ def fit_method(method: str, cfg: dict[str, Any], train: ArrayDataset, test: Arra
     reset_peak_rss()
     start = time.perf_counter()
     trainer.fit(module, loader, ckpt_path=str(ckpt_path) if ckpt_path else None)
-    return Fitted(module, trainer, knn_cb.curve, time.perf_counter() - start, timer.median)
+    return Fitted(module, trainer, knn_cb.curve, time.perf_counter() - start, timer.summary())
 
 
 def evaluate_fitted(method: str, fitted: Fitted, cfg: dict[str, Any], train: ArrayDataset, test: ArrayDataset,
@@ -161,7 +161,7 @@ def evaluate_fitted(method: str, fitted: Fitted, cfg: dict[str, Any], train: Arr
     """Final evaluation of a trained method (rank 0 only)."""
     module = fitted.module
     module.to("cpu" if not torch.cuda.is_available() else module.device)
-    return evaluate(module, method, cfg, train, test, out, fitted.curve, fitted.seconds, fitted.step_median,
+    return evaluate(module, method, cfg, train, test, out, fitted.curve, fitted.seconds, fitted.steps,
                     int(fitted.trainer.current_epoch))
 
 
@@ -175,7 +175,7 @@ def train_method(method: str, cfg: dict[str, Any], train: ArrayDataset, test: Ar
 
 
 def evaluate(module: BenchModule, method: str, cfg: dict[str, Any], train: ArrayDataset, test: ArrayDataset,
-             out: Path, curve: list[tuple[float, float]], train_seconds: float, step_median: float,
+             out: Path, curve: list[tuple[float, float]], train_seconds: float, steps: dict[str, float],
              epochs: int) -> dict[str, Any]:
     """Final evaluation of the teacher backbone's [CLS] features; saves the embeddings."""
     e = cfg["eval"]
@@ -205,7 +205,10 @@ def evaluate(module: BenchModule, method: str, cfg: dict[str, Any], train: Array
         "random_init_knn_top1_subset": curve[0][1] if curve else None,
         "knn_curve_subset": [list(p) for p in curve],
         "train_seconds": train_seconds,
-        "step_seconds_median": step_median,
+        "step_seconds_median": steps["median"],
+        "step_seconds_p90": steps["p90"],
+        "step_seconds_max": steps["max"],
+        "step_seconds_sum": steps["sum"],  # train_seconds minus this: evaluation, checkpoints, loading
         "peak_rss_mb": peak_rss_mb(),
         "epochs": epochs,
     }

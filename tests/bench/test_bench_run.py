@@ -35,6 +35,8 @@ def test_results_schema_and_files(bench_out: Path) -> None:
         assert (bench_out / method / "checkpoints" / "last.ckpt").exists()
         r = results["methods"][method]
         assert 0.0 <= r["knn_top1"] <= 100.0 and r["step_seconds_median"] > 0
+        assert r["step_seconds_median"] <= r["step_seconds_p90"] <= r["step_seconds_max"]
+        assert r["step_seconds_max"] < r["step_seconds_sum"] < r["train_seconds"]
         assert len(r["knn_curve_subset"]) == 2  # before training and after the epoch
     report = (bench_out / "report.md").read_text()
     assert "| sop" in report and "raw" in report.lower()
