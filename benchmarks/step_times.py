@@ -19,25 +19,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
+from sop_plugin.bench.callbacks import StepTimer
 from sop_plugin.bench.runner import fit_method, load_data
-
-
-class EveryStep(L.Callback):
-    """Wall seconds of every optimisation step."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-        self._t0 = 0.0
-
-    def on_train_batch_start(self, *args: Any) -> None:
-        self._t0 = time.perf_counter()
-
-    def on_train_batch_end(self, *args: Any) -> None:
-        self.times.append(time.perf_counter() - self._t0)
 
 
 def summarise(times: list[float], epochs: int, fit_seconds: float) -> dict[str, Any]:
@@ -62,7 +48,7 @@ def main(argv: list[str]) -> None:
     assert isinstance(cfg, dict)
     train, test = load_data(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    timer = EveryStep()
+    timer = StepTimer(skip=0)
     start = time.perf_counter()
     fit_method(method, cfg, train, test, out, callbacks=[timer])
     summary = summarise(timer.times, int(cfg["train"]["epochs"]), time.perf_counter() - start)

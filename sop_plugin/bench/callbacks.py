@@ -71,11 +71,6 @@ class StepTimer(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.times.append(time.perf_counter() - self._t0)
 
-    @property
-    def median(self) -> float:
-        kept = self.times[self.skip :] or self.times
-        return statistics.median(kept) if kept else float("nan")
-
     def summary(self) -> dict[str, float]:
         """Median, 90th percentile and max of the steps after ``skip``, and the sum of all steps.
 
