@@ -114,9 +114,9 @@ class TorchBF16Retrieval(SetSearch):
     def _adapt(self, head: int, num_queries: int, k: int, memory_rows: int) -> None:
         limit = self.shortlist_limit(memory_rows, k)
         if self.last_fallback > 0.5 * num_queries:
-            self.fp32_calls_left, self.shortlist = self.probe_every, min(self.initial_shortlist, limit)
+            self.fp32_calls_left, self.shortlist = self.probe_every, self.initial_shortlist
         elif self.last_fallback > 0.01 * num_queries:
-            self.shortlist = min(limit, 2 * self.shortlist)
+            self.shortlist = 2 * self.shortlist
         elif 2 * head <= self.shortlist and self.shortlist > 2 * k:
             self.shortlist = max(2 * k, self.shortlist // 2)
         self.shortlist = min(self.shortlist, limit)
