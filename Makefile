@@ -14,7 +14,7 @@ APT := $(shell command -v apt-get 2>/dev/null)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BENCH_ARGS ?=
 
-.PHONY: setup data test bench lint clean gpu-bundle
+.PHONY: setup data test test-fast bench lint clean gpu-bundle
 setup: $(VENV)/.installed data
 
 $(VENV)/.installed: setup.cfg setup.py pyproject.toml
@@ -35,6 +35,10 @@ data:
 test: setup
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q
 
+# the quick loop: everything but the subprocess, DDP and full-fit tests (marked `slow`)
+test-fast: setup
+	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -m "not slow"
+
 bench: setup
 	$(VENV)/bin/sop-bench $(BENCH_ARGS)
 
@@ -48,7 +52,8 @@ gpu-bundle: setup
 	mkdir -p .data/fashion-mnist && cp $(FMNIST_DIR)/*.gz .data/fashion-mnist/
 
 lint: setup
-	$(VENV)/bin/ruff check sop_plugin tests
+	$(VENV)/bin/ruff check sop_plugin tests benchmarks
+	$(VENV)/bin/ruff format --check sop_plugin tests benchmarks
 
 clean:
 	rm -rf $(VENV) .pytest_cache

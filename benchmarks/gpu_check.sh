@@ -6,7 +6,7 @@
 #     SOP, iBOT and DINO at ViT-S/16, 224 px, batch 64, 2 x 224 + 10 x 96 px crops, bf16-mixed
 #     (setting vit_small_224), plus vit_tiny_224 and vit_tiny_28;
 #   * SE retrieval on the GPU for memories of 8,192 / 65,536 / 1,048,576 rows (torch,
-#     torch-bf16, faiss-gpu when installed, auto) and `auto`'s choices;
+#     faiss-gpu when installed, auto) and `auto`'s choices;
 #   * correctness: neighbours of 1,000 queries found on the GPU against faiss on the CPU
 #     ("gpu_retrieval_check" in perf.json).
 #
@@ -28,6 +28,6 @@ mkdir -p "$OUT_DIR"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
 start=$SECONDS
-timeout 450 "$PY" -m sop_plugin.bench.perf out="$OUT_DIR" device=cuda \
+timeout 450 "$PY" -m sop_plugin.perf.cli out="$OUT_DIR" device=cuda \
   settings=vit_small_224,vit_tiny_224,vit_tiny_28 parts=step,retrieval "$@" 2>&1 | tee "$OUT_DIR/perf.log"
 echo "gpu_check: done in $((SECONDS - start)) s; results in $OUT_DIR/perf.json"

@@ -5,7 +5,7 @@ e.g.   python benchmarks/step_times.py sop runs/steps-sop profile=standard seed=
 
 Prints and writes OUT_DIR/steps.json: the fit's wall seconds, the sum, median, 90th/99th
 percentile and max of the step times, the median per epoch and per 200 steps, and every
-step's time; the ``retrieval=auto`` choices (and re-measurements) are logged as they happen.
+step's time; the ``retrieval=auto`` choices are logged as they happen.
 ``sop-bench`` keeps median, p90, max and sum in results.json; this shows when a slow phase happens.
 """
 
@@ -29,10 +29,17 @@ from sop_plugin.bench.runner import fit_method, load_data
 def summarise(times: list[float], epochs: int, fit_seconds: float) -> dict[str, Any]:
     n, ordered = len(times), sorted(times)
     per = max(1, n // max(1, epochs))
-    return {"fit_seconds": fit_seconds, "steps": n, "sum": sum(times), "median": statistics.median(times),
-            "p90": ordered[int(0.9 * (n - 1))], "p99": ordered[int(0.99 * (n - 1))], "max": ordered[-1],
-            "per_epoch_median": [statistics.median(times[i : i + per]) for i in range(0, n, per)],
-            "per_200_median": [statistics.median(times[i : i + 200]) for i in range(0, n, 200)]}
+    return {
+        "fit_seconds": fit_seconds,
+        "steps": n,
+        "sum": sum(times),
+        "median": statistics.median(times),
+        "p90": ordered[int(0.9 * (n - 1))],
+        "p99": ordered[int(0.99 * (n - 1))],
+        "max": ordered[-1],
+        "per_epoch_median": [statistics.median(times[i : i + per]) for i in range(0, n, per)],
+        "per_200_median": [statistics.median(times[i : i + 200]) for i in range(0, n, 200)],
+    }
 
 
 def main(argv: list[str]) -> None:
@@ -42,8 +49,8 @@ def main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("sop_plugin.retrieval").setLevel(logging.INFO)
     with initialize_config_module("sop_plugin.bench.conf", version_base="1.3"):
-        quiet = [] if any(a.lstrip("+~").startswith("trainer.enable_progress_bar") for a in argv[2:]) \
-            else ["+trainer.enable_progress_bar=false"]
+        shown = any(a.lstrip("+~").startswith("trainer.enable_progress_bar") for a in argv[2:])
+        quiet = [] if shown else ["+trainer.enable_progress_bar=false"]
         cfg = OmegaConf.to_container(compose("config", overrides=[*quiet, *argv[2:]]), resolve=True)
     assert isinstance(cfg, dict)
     train, test = load_data(cfg)

@@ -26,8 +26,16 @@ class KNNMonitor(L.Callback):
     measures (the others would compute the same numbers and discard them).
     """
 
-    def __init__(self, train_images: torch.Tensor, train_labels: torch.Tensor, test_images: torch.Tensor,
-                 test_labels: torch.Tensor, k: int = 20, temperature: float = 0.07, every_epoch: bool = True) -> None:
+    def __init__(
+        self,
+        train_images: torch.Tensor,
+        train_labels: torch.Tensor,
+        test_images: torch.Tensor,
+        test_labels: torch.Tensor,
+        k: int = 20,
+        temperature: float = 0.07,
+        every_epoch: bool = True,
+    ) -> None:
         self.data = (train_images, train_labels, test_images, test_labels)
         self.k, self.temperature, self.every_epoch = k, temperature, every_epoch
         self.curve: list[tuple[float, float]] = []
@@ -36,8 +44,7 @@ class KNNMonitor(L.Callback):
         if not trainer.is_global_zero:
             return
         tr_x, tr_y, te_x, te_y = self.data
-        acc = knn_top1(module.features(tr_x), tr_y, module.features(te_x), te_y, k=self.k,
-                       temperature=self.temperature)
+        acc = knn_top1(module.features(tr_x), tr_y, module.features(te_x), te_y, k=self.k, temperature=self.temperature)
         self.curve.append((epoch, acc))
         if trainer.logger is not None:
             trainer.logger.log_metrics({"knn_top1_subset": acc, "epoch": epoch}, step=int(trainer.global_step))
@@ -81,8 +88,12 @@ class StepTimer(L.Callback):
         if not kept:
             return {"median": float("nan"), "p90": float("nan"), "max": float("nan"), "sum": 0.0}
         ordered = sorted(kept)
-        return {"median": statistics.median(kept), "p90": ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))],
-                "max": ordered[-1], "sum": float(sum(self.times))}
+        return {
+            "median": statistics.median(kept),
+            "p90": ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))],
+            "max": ordered[-1],
+            "sum": float(sum(self.times)),
+        }
 
 
 class LastCheckpoint(ModelCheckpoint):
@@ -90,8 +101,13 @@ class LastCheckpoint(ModelCheckpoint):
     epoch and when training ends, so a resume never loses more than ``every_n_steps`` steps."""
 
     def __init__(self, dirpath: str | Path, every_n_steps: int = 0) -> None:
-        super().__init__(dirpath=str(dirpath), save_last=True, save_top_k=0,
-                         every_n_train_steps=every_n_steps or None, every_n_epochs=None if every_n_steps else 1)
+        super().__init__(
+            dirpath=str(dirpath),
+            save_last=True,
+            save_top_k=0,
+            every_n_train_steps=every_n_steps or None,
+            every_n_epochs=None if every_n_steps else 1,
+        )
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._save_last_if_new(trainer)

@@ -5,7 +5,6 @@ Every message names the setting and the fix.
 
 from __future__ import annotations
 
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,8 @@ from sop_plugin.bench.objectives import OBJECTIVES
 from sop_plugin.bench.resume import resolve_resume
 from sop_plugin.core import BlockMaskGenerator, SOPConfig
 from sop_plugin.data import DATASETS, MultiCropAugment
-from sop_plugin.training.nonfinite import POLICIES
+from sop_plugin.runtime import POLICIES
+from sop_plugin.runtime import world_size as runtime_world_size
 
 
 class ConfigError(ValueError):
@@ -21,12 +21,8 @@ class ConfigError(ValueError):
 
 
 def world_size(trainer_cfg: dict[str, Any]) -> int:
-    devices = trainer_cfg.get("devices", 1)
-    if isinstance(devices, int) and devices > 0:
-        return devices * int(trainer_cfg.get("num_nodes", 1))
-    if isinstance(devices, list | tuple):
-        return len(devices) * int(trainer_cfg.get("num_nodes", 1))
-    return 1
+    """Processes of the ``trainer`` section (devices x nodes)."""
+    return runtime_world_size(trainer_cfg.get("devices", 1), trainer_cfg.get("num_nodes", 1))
 
 
 def check_config(cfg: dict[str, Any]) -> None:
@@ -38,8 +34,10 @@ def check_config(cfg: dict[str, Any]) -> None:
         raise ConfigError(f"methods={cfg['methods']}: unknown {unknown}; choose from {sorted(OBJECTIVES)}")
     name = str(cfg["data"]["name"]).strip().lower()
     if name not in DATASETS:
-        raise ConfigError(f"data.name={cfg['data']['name']!r} is not a dataset; choose one of {sorted(DATASETS)} "
-                          f"(e.g. data=fashion-mnist, or data=image-folder data.path=DIR)")
+        raise ConfigError(
+            f"data.name={cfg['data']['name']!r} is not a dataset; choose one of {sorted(DATASETS)} "
+            f"(e.g. data=fashion-mnist, or data=image-folder data.path=DIR)"
+        )
     m, crops = cfg["model"], cfg["crops"]
     for size_key in ("global_size", "local_size"):
         if crops[size_key] % m["patch_size"] != 0:
@@ -48,35 +46,37 @@ def check_config(cfg: dict[str, Any]) -> None:
                 f"pick sizes that are multiples of the patch size"
             )
     if m["embed_dim"] % m["num_heads"]:
-        raise ConfigError(f"model.embed_dim={m['embed_dim']} must be divisible by model.num_heads={m['num_heads']}: "
-                          f"change one of them")
+        raise ConfigError(
+            f"model.embed_dim={m['embed_dim']} must be divisible by model.num_heads={m['num_heads']}: "
+            f"change one of them"
+        )
     _check_augmentation(cfg)
     _check_train(cfg)
     if "sop" in cfg["methods"]:
-        known = {f.name for f in fields(SOPConfig)} - {"dim"}
-        unknown_keys = sorted(set(cfg["sop"]["sop"]) - known)
-        if unknown_keys:
-            raise ConfigError(f"sop.sop.{unknown_keys[0]} is not a SOP setting (unknown: {unknown_keys}); "
-                              f"the settings are {sorted(known)}")
         try:
-            SOPConfig(dim=cfg["sop"]["head"]["bottleneck_dim"], **cfg["sop"]["sop"]).validate(
-                cfg["train"]["batch_size"] * world_size(cfg["trainer"])
-            )
+            SOPConfig.from_mapping(cfg["sop"]).validate(cfg["train"]["batch_size"] * world_size(cfg["trainer"]))
         except ValueError as err:
-            raise ConfigError(f"sop.sop: {err}") from err
+            raise ConfigError(f"sop: {err} (settings under sop.*)") from err
 
 
 def _check_augmentation(cfg: dict[str, Any]) -> None:
     crops, mk = cfg["crops"], cfg["masks"]
     grid = crops["global_size"] // cfg["model"]["patch_size"]
     try:
-        BlockMaskGenerator((grid, grid), mask_prob=mk["prob"], ratio=tuple(mk["ratio"]), min_block=mk.get("min_block", 4))
+        BlockMaskGenerator(
+            (grid, grid), mask_prob=mk["prob"], ratio=tuple(mk["ratio"]), min_block=mk.get("min_block", 4)
+        )
     except (TypeError, ValueError) as err:
         raise ConfigError(f"masks: {err}: fix masks.prob / masks.ratio") from err
     try:
-        MultiCropAugment(global_size=crops["global_size"], local_size=crops["local_size"], num_local=crops["num_local"],
-                         global_scale=tuple(crops["global_scale"]), local_scale=tuple(crops["local_scale"]),
-                         **crops.get("extra", {}))
+        MultiCropAugment(
+            global_size=crops["global_size"],
+            local_size=crops["local_size"],
+            num_local=crops["num_local"],
+            global_scale=tuple(crops["global_scale"]),
+            local_scale=tuple(crops["local_scale"]),
+            **crops.get("extra", {}),
+        )
     except (TypeError, ValueError) as err:
         raise ConfigError(f"crops: {err}: fix the crops.* settings") from err
 
@@ -92,11 +92,15 @@ def _check_train(cfg: dict[str, Any]) -> None:
         raise ConfigError(f"train.on_nonfinite={policy!r}; choose one of {list(POLICIES)}")
     every = t.get("checkpoint_every_n_steps")
     if every is not None and (not isinstance(every, int) or every < 1):
-        raise ConfigError(f"train.checkpoint_every_n_steps={every!r} must be a positive integer or null (epoch ends only)")
+        raise ConfigError(
+            f"train.checkpoint_every_n_steps={every!r} must be a positive integer or null (epoch ends only)"
+        )
     chunk = t.get("rng_chunk")
     if chunk is not None and (not isinstance(chunk, int) or chunk < 1 or t["batch_size"] % chunk):
-        raise ConfigError(f"train.rng_chunk={chunk!r} must be a positive divisor of train.batch_size={t['batch_size']} "
-                          f"(or null: one chunk per process)")
+        raise ConfigError(
+            f"train.rng_chunk={chunk!r} must be a positive divisor of train.batch_size={t['batch_size']} "
+            f"(or null: one chunk per process)"
+        )
     if not isinstance(cfg.get("trust_checkpoint", False), bool):
         raise ConfigError(f"trust_checkpoint={cfg.get('trust_checkpoint')!r} must be true or false")
 

@@ -8,9 +8,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from sop_plugin.bench.runner import ConfigError, run
-from sop_plugin.core.checkpoint import CheckpointError
 from sop_plugin.data.errors import DatasetCorruptError, DatasetNotFoundError
-from sop_plugin.training.nonfinite import NonFiniteLossError
+from sop_plugin.runtime import CheckpointError, NonFiniteLossError
 
 #: exit status of a bad setting, missing/corrupt data or an unusable checkpoint
 EXIT_BAD_INPUT = 2

@@ -34,9 +34,7 @@ CONTRAST_KEEP = 0.5
 def _to_unit(images: Tensor) -> Tensor:
     """Check a uint8 ``[N, C, H, W]`` batch and return it as float32 in [0, 1]."""
     if images.dtype != torch.uint8 or images.dim() != 4:
-        raise ValueError(
-            f"expected uint8 [N, C, H, W] images, got {images.dtype} {tuple(images.shape)}"
-        )
+        raise ValueError(f"expected uint8 [N, C, H, W] images, got {images.dtype} {tuple(images.shape)}")
     return images.float() / 255.0
 
 

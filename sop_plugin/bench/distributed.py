@@ -1,4 +1,4 @@
-"""Small DDP helpers of the benchmark: rank/world size, and DDP-exact lightly centres."""
+"""DDP-exact lightly centres for the benchmark's iBOT."""
 
 from __future__ import annotations
 
@@ -7,12 +7,7 @@ import torch.distributed as dist
 from lightly.models.modules.center import Center
 from torch import Tensor, nn
 
-
-def rank_and_world() -> tuple[int, int]:
-    """(rank, world size) of the initialised process group, else (0, 1)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+from sop_plugin.core import rank_and_world
 
 
 def exact_ddp_centers(module: nn.Module) -> None:
@@ -32,7 +27,7 @@ def token_mean_all_ranks(x: Tensor, dim: tuple[int, ...]) -> Tensor:
     """Mean of the rows of ``x`` [M, D] of every rank (each rank may hold a different M)."""
     total = x.sum(dim=dim, keepdim=True)
     count = torch.tensor([float(x.shape[0])], device=x.device, dtype=total.dtype)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if rank_and_world()[1] > 1:
         dist.all_reduce(total)
         dist.all_reduce(count)
     return total / count.clamp_min(1.0)

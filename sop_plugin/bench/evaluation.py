@@ -32,9 +32,7 @@ def _check_features(x: Tensor, y: Tensor, name: str) -> None:
     if x.dim() != 2:
         raise ValueError(f"{name}_x must be 2-D [N, D], got shape {tuple(x.shape)}")
     if y.dim() != 1 or y.shape[0] != x.shape[0]:
-        raise ValueError(
-            f"{name}_y must be 1-D with {x.shape[0]} labels, got shape {tuple(y.shape)}"
-        )
+        raise ValueError(f"{name}_y must be 1-D with {x.shape[0]} labels, got shape {tuple(y.shape)}")
     if x.shape[0] == 0:
         raise ValueError(f"{name}_x is empty")
 
@@ -174,11 +172,7 @@ def linear_probe(
 
 @torch.no_grad()
 def retrieval_metrics(
-    x: Tensor,
-    y: Tensor,
-    chunk: int = 1024,
-    max_queries: int | None = None,
-    seed: int = 0,
+    x: Tensor, y: Tensor, chunk: int = 1024, max_queries: int | None = None, seed: int = 0
 ) -> dict[str, float]:
     """Leave-one-out retrieval on one set: ``{"map_at_r", "recall_at_1"}`` in percent.
 

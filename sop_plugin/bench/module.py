@@ -3,33 +3,29 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
-from torch import Tensor, nn
+from torch import Tensor
 
-from sop_plugin.bench.distributed import exact_ddp_centers, rank_and_world
+from sop_plugin.bench.distributed import exact_ddp_centers
+from sop_plugin.bench.encoder import MaskedEncoder, build_vit
 from sop_plugin.bench.nonfinite import checkpoint_hint, describe
 from sop_plugin.bench.objectives import build_objective
 from sop_plugin.core import (
+    NULL_TIMER,
     BlockMaskGenerator,
-    MaskedEncoder,
-    build_vit,
+    PhaseTimer,
     cosine_schedule,
     ema_update,
+    mix_seed,
+    rank_and_world,
     warmup_cosine,
 )
 from sop_plugin.data.augment import EvalTransform, MultiCropAugment
-from sop_plugin.training.nonfinite import (
-    NonFiniteLossError,
-    finite_on_all_ranks,
-    restore_buffers,
-    snapshot_buffers,
-)
+from sop_plugin.runtime import NonFiniteGuard
 
 
 class BenchModule(L.LightningModule):
@@ -50,42 +46,62 @@ class BenchModule(L.LightningModule):
         total_steps: optimisation steps of the whole run (for schedules).
     """
 
-    def __init__(self, cfg: dict[str, Any], method: str, in_chans: int, mean: tuple[float, ...],
-                 std: tuple[float, ...], total_steps: int) -> None:
+    def __init__(
+        self,
+        cfg: dict[str, Any],
+        method: str,
+        in_chans: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        total_steps: int,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.cfg = cfg
         self.method = method
         self.total_steps = max(1, total_steps)
         m, crops = cfg["model"], cfg["crops"]
-        vit = build_vit(crops["global_size"], m["patch_size"], m["embed_dim"], m["depth"], m["num_heads"],
-                        in_chans=in_chans, drop_path_rate=m.get("drop_path_rate", 0.0))
+        vit = build_vit(
+            crops["global_size"],
+            m["patch_size"],
+            m["embed_dim"],
+            m["depth"],
+            m["num_heads"],
+            in_chans=in_chans,
+            drop_path_rate=m.get("drop_path_rate", 0.0),
+        )
         self.student = MaskedEncoder(vit)
         self.teacher = copy.deepcopy(self.student).requires_grad_(False)
-        self.objective = build_objective(method, self.student.embed_dim, cfg[method], self.total_steps)
+        self.objective = build_objective(method, self.student.embed_dim, cfg[method])
         self.augment = MultiCropAugment(
-            global_size=crops["global_size"], local_size=crops["local_size"], num_local=crops["num_local"],
-            global_scale=tuple(crops["global_scale"]), local_scale=tuple(crops["local_scale"]), mean=mean, std=std,
+            global_size=crops["global_size"],
+            local_size=crops["local_size"],
+            num_local=crops["num_local"],
+            global_scale=tuple(crops["global_scale"]),
+            local_scale=tuple(crops["local_scale"]),
+            mean=mean,
+            std=std,
             **crops.get("extra", {}),
         )
         self.eval_transform = EvalTransform(crops["global_size"], mean=mean, std=std)
         grid = crops["global_size"] // m["patch_size"]
         mk = cfg["masks"]
-        self.mask_gen = BlockMaskGenerator((grid, grid), mask_prob=mk["prob"], ratio=tuple(mk["ratio"]),
-                                           min_block=mk.get("min_block", 4))
+        self.mask_gen = BlockMaskGenerator(
+            (grid, grid), mask_prob=mk["prob"], ratio=tuple(mk["ratio"]), min_block=mk.get("min_block", 4)
+        )
         self.seed = int(cfg.get("seed", 0))
         t = cfg.get("train", {})
         self.rng_chunk: int | None = t.get("rng_chunk")
-        self.on_nonfinite: str = t.get("on_nonfinite", "stop")
-        self.max_consecutive_skips: int = int(t.get("max_consecutive_skips", 10))
+        self.nonfinite = NonFiniteGuard(
+            t.get("on_nonfinite", "stop"), int(t.get("max_consecutive_skips", 10)), settings="train.", name=method
+        )
         exact_ddp_centers(self.objective)
         if not self.objective.uses_masks:  # unused without masks: DDP needs every trainable parameter used
             self.student.masked_vit.mask_token.requires_grad_(False)
-        self.skipped_steps = 0
-        self._consecutive_skips = 0
-        self._skip = False
         self._epoch_batches = (0, 0)  # (epoch, batches of it trained): resumes the sampler mid-epoch
         self._last_ckpt_step: int | None = None
+        #: times "augment_masks" (``sop-perf``); the SOP objective has its own ``timer``
+        self.timer: PhaseTimer = NULL_TIMER
 
     # ------------------------------------------------------------------ randomness
     def _chunk_generators(self, step: int, batch_size: int) -> list[tuple[slice, torch.Generator]]:
@@ -95,8 +111,10 @@ class BenchModule(L.LightningModule):
         if batch_size % chunk:
             raise ValueError(f"train.rng_chunk={chunk} must divide the per-process batch size {batch_size}")
         per_rank = batch_size // chunk
-        seeds = [_mix(self.seed, step, rank * per_rank + j) for j in range(per_rank)]
-        return [(slice(j * chunk, (j + 1) * chunk), torch.Generator().manual_seed(seed)) for j, seed in enumerate(seeds)]
+        seeds = [mix_seed(self.seed, step, rank * per_rank + j) for j in range(per_rank)]
+        return [
+            (slice(j * chunk, (j + 1) * chunk), torch.Generator().manual_seed(seed)) for j, seed in enumerate(seeds)
+        ]
 
     def _views_and_masks(self, images: Tensor, step: int) -> tuple[list[Tensor], Tensor | None]:
         """Multi-crop views [V x [B, C, h, w]] and student masks [2, B, N] (None without masks)."""
@@ -112,7 +130,7 @@ class BenchModule(L.LightningModule):
 
     def _seed_global_rng(self, step: int) -> None:
         """Drop-path and any other draw from torch's global RNG: a function of (seed, step, rank)."""
-        torch.manual_seed(_mix(self.seed, step, rank_and_world()[0], 7))
+        torch.manual_seed(mix_seed(self.seed, step, rank_and_world()[0], 7))
 
     def batches_done(self, epoch: int) -> int:
         """Batches of ``epoch`` already trained (what the sampler skips after a resume)."""
@@ -139,8 +157,9 @@ class BenchModule(L.LightningModule):
         done = self.batches_done(epoch)
         self._epoch_batches = (epoch, done + 1)
         self._seed_global_rng(step)
-        snapshot = snapshot_buffers(self.objective) if self.on_nonfinite == "skip" else None
-        views, masks = self._views_and_masks(images, step)
+        self.nonfinite.snapshot(self.objective)
+        with self.timer.phase("augment_masks"):
+            views, masks = self._views_and_masks(images, step)
         views = [x.to(self.device) for x in views]
         g, b = 2, images.shape[0]
         if masks is not None:
@@ -154,13 +173,17 @@ class BenchModule(L.LightningModule):
             t_cls, t_patch = self._encode(self.teacher, views[:g], None)
         if len(batch) > 2:
             self.objective.observe_batch(batch[2])
-        loss, logs = self.objective(torch.cat(s_cls), s_patch if masks is not None else None, t_cls,
-                                    t_patch if masks is not None else None, masks, step)
-        self._skip = not finite_on_all_ranks(loss)
-        if self._skip:
-            self._on_nonfinite(step, loss, logs, snapshot)
+        loss, logs = self.objective(
+            torch.cat(s_cls),
+            s_patch if masks is not None else None,
+            t_cls,
+            t_patch if masks is not None else None,
+            masks,
+            step,
+        )
+        if not self.nonfinite.check(loss, step, lambda: describe(self.objective, logs, loss), self._checkpoint_hint):
+            self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False, batch_size=1)
             return loss  # its gradients are dropped in on_before_optimizer_step
-        self._consecutive_skips = 0
         sync = rank_and_world()[1] > 1
         self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=b, sync_dist=sync)
         for k, val in logs.items():
@@ -168,35 +191,22 @@ class BenchModule(L.LightningModule):
         return loss
 
     # ------------------------------------------------------------------ non-finite losses
-    def _on_nonfinite(self, step: int, loss: Tensor, logs: dict[str, Any], snapshot: dict[str, Tensor] | None) -> None:
-        """Stop with a message naming the culprit, or (``skip``) undo the objective's state changes."""
+    @property
+    def skipped_steps(self) -> int:
+        """Steps dropped at a non-finite loss (``train.on_nonfinite=skip``)."""
+        return self.nonfinite.skipped_steps
+
+    def _checkpoint_hint(self) -> str:
         ckpt = getattr(self._trainer.checkpoint_callback, "last_model_path", None) if self._trainer else None
-        if bool(torch.isfinite(loss.detach()).all()):  # another rank saw it: that rank's message names the culprit
-            rank = rank_and_world()[0]
-            what = f"on another DDP rank (this rank {rank}: loss {float(loss.detach()):.4g}; see the other rank's message)"
-        else:
-            what = describe(self.objective, logs, loss)
-        where = f"non-finite {self.method} loss at step {step}: {what}; {checkpoint_hint(ckpt, self._last_ckpt_step)}"
-        if self.on_nonfinite != "skip":
-            raise NonFiniteLossError(f"{where}. Fix the cause or set train.on_nonfinite=skip to skip such steps")
-        if self._consecutive_skips >= self.max_consecutive_skips:
-            raise NonFiniteLossError(f"{where}. {self._consecutive_skips} consecutive steps were already skipped "
-                                     f"(train.max_consecutive_skips): training is not recovering")
-        assert snapshot is not None
-        restore_buffers(self.objective, snapshot)
-        self.skipped_steps += 1
-        self._consecutive_skips += 1
-        rank_zero_warn(f"train.on_nonfinite=skip: skipped step {step} ({self.skipped_steps} skipped so far): {where}")
-        self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False, batch_size=1)
+        return checkpoint_hint(ckpt, self._last_ckpt_step)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if self._skip:  # no update at all: AdamW leaves parameters without gradients untouched
-            optimizer.zero_grad(set_to_none=True)
+        self.nonfinite.drop_gradients(optimizer)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         """The optimiser step, then the EMA of the teacher (inside the step, so checkpoints include it)."""
         super().optimizer_step(*args, **kwargs)
-        if not self._skip:
+        if not self.nonfinite.skip:
             self._ema_update(int(self.global_step))
 
     def _ema_update(self, step: int) -> None:
@@ -209,15 +219,13 @@ class BenchModule(L.LightningModule):
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._last_ckpt_step = int(self.global_step)
-        checkpoint["sop_bench"] = {"epoch_batches": list(self._epoch_batches), "skipped_steps": self.skipped_steps,
-                                   "consecutive_skips": self._consecutive_skips}
+        checkpoint["sop_bench"] = {"epoch_batches": list(self._epoch_batches), **self.nonfinite.state_dict()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("sop_bench", {})
         epoch, done = state.get("epoch_batches", (checkpoint.get("epoch", 0), 0))
         self._epoch_batches = (int(epoch), int(done))
-        self.skipped_steps = int(state.get("skipped_steps", 0))
-        self._consecutive_skips = int(state.get("consecutive_skips", 0))
+        self.nonfinite.load_state_dict(state)
         self._last_ckpt_step = int(checkpoint.get("global_step", 0))
 
     # ------------------------------------------------------------------ features
@@ -239,9 +247,12 @@ class BenchModule(L.LightningModule):
         params = [p for p in list(self.student.parameters()) + list(self.objective.parameters()) if p.requires_grad]
         decay = [p for p in params if p.ndim > 1]
         no_decay = [p for p in params if p.ndim <= 1]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": o["weight_decay"]},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=o["lr"], betas=(0.9, 0.999),
-                                eps=float(o.get("eps", 1e-8)))
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": o["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=o["lr"],
+            betas=(0.9, 0.999),
+            eps=float(o.get("eps", 1e-8)),
+        )
         warmup = int(math.ceil(o["warmup_fraction"] * self.total_steps))
         final = o["min_lr"] / o["lr"]
 
@@ -250,14 +261,3 @@ class BenchModule(L.LightningModule):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def _mix(*parts: int) -> int:
-    """A 63-bit seed from integers (hash, so nearby tuples give unrelated streams)."""
-    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
-

@@ -8,7 +8,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from sop_plugin.core import SOPObjective
-from sop_plugin.training.nonfinite import nonfinite_buffers
+from sop_plugin.runtime.nonfinite import nonfinite_buffers
 
 
 def describe(objective: nn.Module, logs: dict[str, Any], loss: Tensor) -> str:

@@ -11,11 +11,10 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from lightly.loss import DINOLoss, IBOTPatchLoss
+from lightly.loss import DINOLoss, IBOTPatchLoss, KoLeoLoss
 from lightly.models.modules import DINOProjectionHead
 from torch import Tensor, nn
 
-from sop_plugin.bench.distributed import rank_and_world
 from sop_plugin.core import (
     SOPConfig,
     SOPHead,
@@ -23,6 +22,7 @@ from sop_plugin.core import (
     build_sops,
     gather_across_ranks,
     linear_warmup,
+    rank_and_world,
 )
 
 
@@ -48,8 +48,13 @@ class BenchObjective(nn.Module):
         """Called with the dataset indices of the batch before ``forward`` (default: ignored)."""
 
     def forward(
-        self, s_cls: Tensor, s_patch: Tensor | None, t_cls: Tensor, t_patch: Tensor | None,
-        masks: Tensor | None, step: int,
+        self,
+        s_cls: Tensor,
+        s_patch: Tensor | None,
+        t_cls: Tensor,
+        t_patch: Tensor | None,
+        masks: Tensor | None,
+        step: int,
     ) -> tuple[Tensor, dict[str, float]]:
         raise NotImplementedError
 
@@ -76,16 +81,16 @@ class SOPBench(BenchObjective):
 
     uses_masks = True
 
-    def __init__(self, embed_dim: int, cfg: dict[str, Any], total_steps: int) -> None:
+    def __init__(self, embed_dim: int, cfg: dict[str, Any]) -> None:
         super().__init__()
-        head = cfg["head"]
+        sop_cfg = SOPConfig.from_mapping(cfg)
+
         def make() -> nn.Module:
-            return SOPHead(embed_dim, head["hidden_dim"], head["bottleneck_dim"], head["num_layers"])
+            return SOPHead(embed_dim, sop_cfg.head_hidden_dim, sop_cfg.dim, sop_cfg.head_num_layers)
 
         self.student_head = make()
         self.teacher_head = _teacher_of(self.student_head, make)
-        sop_cfg = SOPConfig(dim=head["bottleneck_dim"], **cfg["sop"])
-        self.objective = SOPObjective(sop_cfg)
+        self.objective = SOPObjective(sop_cfg, koleo=KoLeoLoss())
         if sop_cfg.mim_weight == 0:
             self.uses_masks = False
         # dataset index of the image behind each class-memory row (-1: initial random row),
@@ -115,8 +120,13 @@ class SOPBench(BenchObjective):
         # restrict the pool to real rows so every SE has an image
         pool_ids = filled
         local = torch.searchsorted(pool_ids, anchors)
-        sops = build_sops(bank[pool_ids], local, self.objective.cfg.class_num_supports,
-                          self.objective.cfg.smoothing, self.objective.retrieval)
+        sops = build_sops(
+            bank[pool_ids],
+            local,
+            self.objective.cfg.class_num_supports,
+            self.objective.cfg.smoothing,
+            self.objective.retrieval,
+        )
         k = sops.num_supports
         rows = pool_ids[sops.memory_index].view(p, k + 1)
         ids = self.class_ids[rows]
@@ -130,31 +140,45 @@ class SOPBench(BenchObjective):
             masked, memory = self.objective.select_patches(masks, step)
             dim = s_patch.shape[-1]
             s_z, s_pz = _head_rows(self.student_head, s_cls, s_patch.reshape(-1, dim)[masked])
-            t_z, t_pz, mem_pz = _head_rows(self.teacher_head, t_cls, t_patch.reshape(-1, dim)[masked],
-                                           t_patch[0].reshape(-1, dim)[memory])
+            t_z, t_pz, mem_pz = _head_rows(
+                self.teacher_head, t_cls, t_patch.reshape(-1, dim)[masked], t_patch[0].reshape(-1, dim)[memory]
+            )
         else:
             s_z, t_z = self.student_head(s_cls), self.teacher_head(t_cls)
         out = self.objective(s_z, t_z, s_pz, t_pz, masks, step=step, memory_patches=mem_pz)
-        logs = {"loss_cls": float(out.cls_loss.detach()), "loss_mim": float(out.mim_loss.detach()),
-                "teacher_temp": out.teacher_temp, **out.stats}
+        logs = {
+            "loss_cls": float(out.cls_loss.detach()),
+            "loss_mim": float(out.mim_loss.detach()),
+            "teacher_temp": out.teacher_temp,
+            **out.stats,
+        }
         return out.loss, logs
 
 
 class _PrototypeBench(BenchObjective):
     """Shared pieces of DINO and iBOT: lightly's DINO head and loss, temperature warm-up."""
 
-    def __init__(self, embed_dim: int, cfg: dict[str, Any], total_steps: int) -> None:
+    def __init__(self, embed_dim: int, cfg: dict[str, Any]) -> None:
         super().__init__()
         head = cfg["head"]
         self.temps = cfg["temps"]
+
         def make() -> nn.Module:
-            return DINOProjectionHead(embed_dim, head["hidden_dim"], head["bottleneck_dim"], head["out_dim"],
-                                      freeze_last_layer=head.get("freeze_last_layer", -1))
+            return DINOProjectionHead(
+                embed_dim,
+                head["hidden_dim"],
+                head["bottleneck_dim"],
+                head["out_dim"],
+                freeze_last_layer=head.get("freeze_last_layer", -1),
+            )
 
         self.student_head = make()
         self.teacher_head = _teacher_of(self.student_head, make)
-        self.cls_loss = DINOLoss(output_dim=head["out_dim"], student_temp=self.temps["student"],
-                                 center_momentum=cfg.get("center_momentum", 0.9))
+        self.cls_loss = DINOLoss(
+            output_dim=head["out_dim"],
+            student_temp=self.temps["student"],
+            center_momentum=cfg.get("center_momentum", 0.9),
+        )
 
     def teacher_temp(self, step: int) -> float:
         t = self.temps
@@ -179,10 +203,13 @@ class IBOTBench(_PrototypeBench):
 
     uses_masks = True
 
-    def __init__(self, embed_dim: int, cfg: dict[str, Any], total_steps: int) -> None:
-        super().__init__(embed_dim, cfg, total_steps)
-        self.patch_loss = IBOTPatchLoss(output_dim=cfg["head"]["out_dim"], student_temp=self.temps["student"],
-                                        center_momentum=cfg.get("center_momentum", 0.9))
+    def __init__(self, embed_dim: int, cfg: dict[str, Any]) -> None:
+        super().__init__(embed_dim, cfg)
+        self.patch_loss = IBOTPatchLoss(
+            output_dim=cfg["head"]["out_dim"],
+            student_temp=self.temps["student"],
+            center_momentum=cfg.get("center_momentum", 0.9),
+        )
         self.mim_weight = float(cfg.get("mim_weight", 1.0))
 
     def forward(self, s_cls, s_patch, t_cls, t_patch, masks, step):  # noqa: D102
@@ -200,24 +227,23 @@ class IBOTBench(_PrototypeBench):
         else:
             patch_loss = s_out.sum() * 0.0
         loss = cls_loss + self.mim_weight * patch_loss
-        return loss, {"loss_cls": float(cls_loss.detach()), "loss_mim": float(patch_loss.detach()),
-                      "teacher_temp": self.teacher_temp(step)}
+        return loss, {
+            "loss_cls": float(cls_loss.detach()),
+            "loss_mim": float(patch_loss.detach()),
+            "teacher_temp": self.teacher_temp(step),
+        }
 
 
-#: name -> factory(embed_dim, method_cfg, total_steps)
-OBJECTIVES: dict[str, Callable[[int, dict[str, Any], int], BenchObjective]] = {
+#: name -> factory(embed_dim, method_cfg)
+OBJECTIVES: dict[str, Callable[[int, dict[str, Any]], BenchObjective]] = {
     "sop": SOPBench,
     "dino": DINOBench,
     "ibot": IBOTBench,
 }
 
 
-def build_objective(name: str, embed_dim: int, cfg: dict[str, Any], total_steps: int) -> BenchObjective:
+def build_objective(name: str, embed_dim: int, cfg: dict[str, Any]) -> BenchObjective:
     """Instantiate the objective ``name`` from :data:`OBJECTIVES`."""
     if name not in OBJECTIVES:
         raise ValueError(f"unknown method {name!r} in `methods`; choose from {sorted(OBJECTIVES)}")
-    return OBJECTIVES[name](embed_dim, cfg, total_steps)
-
-
-def trainable(module: nn.Module) -> list[torch.nn.Parameter]:
-    return [p for p in module.parameters() if p.requires_grad]
+    return OBJECTIVES[name](embed_dim, cfg)

@@ -29,9 +29,7 @@ def _save(fig: Figure, path: str | Path) -> Path:
 
 
 def plot_learning_curves(
-    curves: Mapping[str, Sequence[tuple[float, float]]],
-    floor: float | None,
-    path: str | Path,
+    curves: Mapping[str, Sequence[tuple[float, float]]], floor: float | None, path: str | Path
 ) -> Path:
     """kNN top-1 per epoch for every method on one chart; ``floor`` as a dashed line."""
     fig = Figure(figsize=(6.0, 4.0))
@@ -52,11 +50,7 @@ def plot_learning_curves(
     return _save(fig, path)
 
 
-def plot_metric_bars(
-    results: Mapping[str, Mapping[str, float]],
-    metrics: Sequence[str],
-    path: str | Path,
-) -> Path:
+def plot_metric_bars(results: Mapping[str, Mapping[str, float]], metrics: Sequence[str], path: str | Path) -> Path:
     """Grouped bars: one group per metric, one bar per method, value printed on top."""
     methods = list(results)
     fig = Figure(figsize=(max(5.0, 1.6 * len(metrics) + 2.0), 4.0))

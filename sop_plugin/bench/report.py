@@ -84,9 +84,7 @@ def validate_results(d: Any) -> None:
                 ok = _is_number(value)
             if not ok:
                 kind = "int" if key == "epochs" else "number"
-                raise ValueError(
-                    f"results['methods'][{name!r}][{key!r}] must be {kind}, got {value!r}"
-                )
+                raise ValueError(f"results['methods'][{name!r}][{key!r}] must be {kind}, got {value!r}")
 
 
 def _cell(key: str, value: float | int, bold: bool) -> str:
@@ -110,10 +108,7 @@ def _table(methods: Mapping[str, Mapping[str, Any]]) -> list[str]:
     for key in HIGHER_IS_BETTER:
         values = [m[key] for m in methods.values() if not math.isnan(m[key])]
         best[key] = max(values) if values and len(methods) > 1 else None
-    lines = [
-        "| method | " + " | ".join(_HEADERS[k] for k in METRICS) + " |",
-        "|---|" + "---:|" * len(METRICS),
-    ]
+    lines = ["| method | " + " | ".join(_HEADERS[k] for k in METRICS) + " |", "|---|" + "---:|" * len(METRICS)]
     for name, metrics in methods.items():
         cells = [_cell(k, metrics[k], best.get(k) == metrics[k]) for k in METRICS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")

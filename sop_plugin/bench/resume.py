@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from sop_plugin.core.checkpoint import CheckpointError, load_checkpoint
+from sop_plugin.runtime import CheckpointError, load_checkpoint
 
 log = logging.getLogger("sop_bench")
 
@@ -45,20 +45,26 @@ def resolve_resume(cfg: dict[str, Any]) -> dict[str, Path]:
     methods = list(cfg["methods"])
     if path.is_file():
         if len(methods) != 1:
-            raise ValueError(f"resume={path} is one method's checkpoint but methods={methods}: set methods=[<its "
-                             f"method>] or pass the run directory (resume=<out of that run>) to resume every method")
+            raise ValueError(
+                f"resume={path} is one method's checkpoint but methods={methods}: set methods=[<its "
+                f"method>] or pass the run directory (resume=<out of that run>) to resume every method"
+            )
         paths = {methods[0]: path}
     elif path.is_dir():
         paths = {m: checkpoint_path(path, m) for m in methods if checkpoint_path(path, m).is_file()}
         if not paths:
-            raise ValueError(f"resume={path}: no {checkpoint_path(path, '<method>')} for any of methods={methods}; "
-                             f"pass a checkpoint file or the `out` directory of an earlier run")
+            raise ValueError(
+                f"resume={path}: no {checkpoint_path(path, '<method>')} for any of methods={methods}; "
+                f"pass a checkpoint file or the `out` directory of an earlier run"
+            )
         for m in methods:
             if m not in paths:
                 log.info("resume: no checkpoint for %s under %s, training it from scratch", m, path)
     else:
-        raise ValueError(f"resume={path} does not exist: pass a checkpoint file (.../<method>/checkpoints/last.ckpt) "
-                         f"or the `out` directory of an earlier run")
+        raise ValueError(
+            f"resume={path} does not exist: pass a checkpoint file (.../<method>/checkpoints/last.ckpt) "
+            f"or the `out` directory of an earlier run"
+        )
     for method, ckpt_path in paths.items():
         check_checkpoint(ckpt_path, method, cfg)
     return paths
@@ -69,27 +75,37 @@ def check_checkpoint(path: Path, method: str, cfg: dict[str, Any]) -> dict[str, 
     ckpt = load_checkpoint(path, trust_checkpoint=bool(cfg.get("trust_checkpoint", False)))
     missing = [k for k in REQUIRED if k not in ckpt]
     if missing:
-        raise CheckpointError(f"checkpoint {path} lacks {missing}: it is not a full sop-bench training checkpoint "
-                              f"(weights-only?); resume needs the last.ckpt that training wrote")
+        raise CheckpointError(
+            f"checkpoint {path} lacks {missing}: it is not a full sop-bench training checkpoint "
+            f"(weights-only?); resume needs the last.ckpt that training wrote"
+        )
     hp = ckpt["hyper_parameters"]
     saved_method = hp.get("method")
     if saved_method != method:
-        raise ValueError(f"resume: checkpoint {path} was trained with method {saved_method!r}, not {method!r}: "
-                         f"set methods=[{saved_method}] or pick that method's checkpoint")
+        raise ValueError(
+            f"resume: checkpoint {path} was trained with method {saved_method!r}, not {method!r}: "
+            f"set methods=[{saved_method}] or pick that method's checkpoint"
+        )
     saved = hp.get("cfg", {})
     shape_diff = _diff(saved, cfg, (*SHAPE_KEYS, method))
     if shape_diff:
-        raise ValueError(f"resume: checkpoint {path} does not fit the config: {'; '.join(shape_diff)}. Resume with "
-                         f"the settings of the run that wrote it")
+        raise ValueError(
+            f"resume: checkpoint {path} does not fit the config: {'; '.join(shape_diff)}. Resume with "
+            f"the settings of the run that wrote it"
+        )
     drift = _diff(saved, cfg, (*TRAJECTORY_KEYS, "train"), ignore=HARMLESS)
     if drift:
-        log.warning("resume: settings differ from the run that wrote %s (%s): the result will not match an "
-                    "uninterrupted run", path, "; ".join(drift))
+        log.warning(
+            "resume: settings differ from the run that wrote %s (%s): the result will not match an uninterrupted run",
+            path,
+            "; ".join(drift),
+        )
     return ckpt
 
 
-def _diff(saved: dict[str, Any], cfg: dict[str, Any], sections: tuple[str, ...],
-          ignore: tuple[str, ...] = ()) -> list[str]:
+def _diff(
+    saved: dict[str, Any], cfg: dict[str, Any], sections: tuple[str, ...], ignore: tuple[str, ...] = ()
+) -> list[str]:
     out: list[str] = []
     for section in sections:
         for key, (old, new) in _flat_diff(saved.get(section), cfg.get(section), section).items():

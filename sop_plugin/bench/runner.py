@@ -29,18 +29,13 @@ from sop_plugin.bench.callbacks import (
 )
 from sop_plugin.bench.checks import ConfigError, check_config, check_resume, world_size
 from sop_plugin.bench.corruptions import corrupt
-from sop_plugin.bench.evaluation import (
-    knn_top1,
-    linear_probe,
-    raw_pixel_features,
-    retrieval_metrics,
-)
+from sop_plugin.bench.evaluation import knn_top1, linear_probe, raw_pixel_features, retrieval_metrics
 from sop_plugin.bench.module import BenchModule
 from sop_plugin.bench.plots import plot_learning_curves, plot_metric_bars, plot_sop_grid
 from sop_plugin.bench.report import validate_results, write_report
 from sop_plugin.bench.sampler import GlobalBatchSampler, ResumableLoader
 from sop_plugin.data import ArrayDataset, get_dataset
-from sop_plugin.training import AtomicCheckpointIO
+from sop_plugin.runtime import AtomicCheckpointIO
 
 log = logging.getLogger("sop_bench")
 
@@ -85,8 +80,10 @@ def load_data(cfg: dict[str, Any]) -> tuple[ArrayDataset, ArrayDataset]:
     e = cfg["eval"]
     n_knn = min(len(train), e["epoch_train_subset"])  # the kNN before training always runs on the subset
     if not 1 <= e["knn_k"] <= n_knn:
-        raise ConfigError(f"eval.knn_k={e['knn_k']} must be in [1, {n_knn}] (training images used by the kNN): "
-                          f"lower eval.knn_k or raise eval.epoch_train_subset")
+        raise ConfigError(
+            f"eval.knn_k={e['knn_k']} must be in [1, {n_knn}] (training images used by the kNN): "
+            f"lower eval.knn_k or raise eval.epoch_train_subset"
+        )
     return train, test
 
 
@@ -127,8 +124,15 @@ class Fitted:
     steps: dict[str, float]  # StepTimer.summary(): median, p90, max, sum
 
 
-def fit_method(method: str, cfg: dict[str, Any], train: ArrayDataset, test: ArrayDataset, out: Path,
-               ckpt_path: str | Path | None = None, callbacks: list[L.Callback] | None = None) -> Fitted:
+def fit_method(
+    method: str,
+    cfg: dict[str, Any],
+    train: ArrayDataset,
+    test: ArrayDataset,
+    out: Path,
+    ckpt_path: str | Path | None = None,
+    callbacks: list[L.Callback] | None = None,
+) -> Fitted:
     """Train one method (resuming from ``ckpt_path`` if given) on every rank."""
     seed = int(cfg["seed"])
     L.seed_everything(seed, workers=True)
@@ -137,18 +141,28 @@ def fit_method(method: str, cfg: dict[str, Any], train: ArrayDataset, test: Arra
     sampler = GlobalBatchSampler(len(train), t["batch_size"], seed, position=module.data_position)
     loader = ResumableLoader(IndexedImages(train), batch_sampler=sampler, num_workers=t["num_workers"])
     e = cfg["eval"]
-    knn_cb = KNNMonitor(_subset(train.images, e["epoch_train_subset"]), _subset(train.labels, e["epoch_train_subset"]),
-                        _subset(test.images, e["epoch_test_subset"]), _subset(test.labels, e["epoch_test_subset"]),
-                        k=e["knn_k"], temperature=e["knn_temperature"], every_epoch=e["every_epoch"])
+    knn_cb = KNNMonitor(
+        _subset(train.images, e["epoch_train_subset"]),
+        _subset(train.labels, e["epoch_train_subset"]),
+        _subset(test.images, e["epoch_test_subset"]),
+        _subset(test.labels, e["epoch_test_subset"]),
+        k=e["knn_k"],
+        temperature=e["knn_temperature"],
+        every_epoch=e["every_epoch"],
+    )
     timer = StepTimer()
     method_dir = out / method
     ckpt = LastCheckpoint(method_dir / "checkpoints", every_n_steps=t.get("checkpoint_every_n_steps") or 0)
     trainer = L.Trainer(
-        max_epochs=t["epochs"], max_steps=t["max_steps"] if t["max_steps"] > 0 else -1,
-        default_root_dir=str(method_dir), logger=ResumableCSVLogger(str(out), name=method, version=""),
+        max_epochs=t["epochs"],
+        max_steps=t["max_steps"] if t["max_steps"] > 0 else -1,
+        default_root_dir=str(method_dir),
+        logger=ResumableCSVLogger(str(out), name=method, version=""),
         callbacks=[knn_cb, timer, ckpt, *(callbacks or [])],
         plugins=[AtomicCheckpointIO(trust_checkpoint=bool(cfg.get("trust_checkpoint", False)))],
-        enable_model_summary=False, use_distributed_sampler=False, **trainer_options(cfg),
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        **trainer_options(cfg),
     )
     reset_peak_rss()
     start = time.perf_counter()
@@ -156,27 +170,38 @@ def fit_method(method: str, cfg: dict[str, Any], train: ArrayDataset, test: Arra
     return Fitted(module, trainer, knn_cb.curve, time.perf_counter() - start, timer.summary())
 
 
-def evaluate_fitted(method: str, fitted: Fitted, cfg: dict[str, Any], train: ArrayDataset, test: ArrayDataset,
-                    out: Path) -> dict[str, Any]:
+def evaluate_fitted(
+    method: str, fitted: Fitted, cfg: dict[str, Any], train: ArrayDataset, test: ArrayDataset, out: Path
+) -> dict[str, Any]:
     """Final evaluation of a trained method (rank 0 only)."""
     module = fitted.module
     module.to("cpu" if not torch.cuda.is_available() else module.device)
-    return evaluate(module, method, cfg, train, test, out, fitted.curve, fitted.seconds, fitted.steps,
-                    int(fitted.trainer.current_epoch))
+    return evaluate(
+        module,
+        method,
+        cfg,
+        train,
+        test,
+        out,
+        fitted.curve,
+        fitted.seconds,
+        fitted.steps,
+        int(fitted.trainer.current_epoch),
+    )
 
 
-def train_method(method: str, cfg: dict[str, Any], train: ArrayDataset, test: ArrayDataset,
-                 out: Path, ckpt_path: str | Path | None = None) -> dict[str, Any] | None:
-    """Train one method and evaluate it; returns its results on rank 0, None on other ranks."""
-    fitted = fit_method(method, cfg, train, test, out, ckpt_path)
-    if fitted.trainer.global_rank != 0:
-        return None
-    return evaluate_fitted(method, fitted, cfg, train, test, out)
-
-
-def evaluate(module: BenchModule, method: str, cfg: dict[str, Any], train: ArrayDataset, test: ArrayDataset,
-             out: Path, curve: list[tuple[float, float]], train_seconds: float, steps: dict[str, float],
-             epochs: int) -> dict[str, Any]:
+def evaluate(
+    module: BenchModule,
+    method: str,
+    cfg: dict[str, Any],
+    train: ArrayDataset,
+    test: ArrayDataset,
+    out: Path,
+    curve: list[tuple[float, float]],
+    train_seconds: float,
+    steps: dict[str, float],
+    epochs: int,
+) -> dict[str, Any]:
     """Final evaluation of the teacher backbone's [CLS] features; saves the embeddings."""
     e = cfg["eval"]
     log.info("[%s] evaluating teacher features", method)
@@ -187,12 +212,18 @@ def evaluate(module: BenchModule, method: str, cfg: dict[str, Any], train: Array
     corrupted = {}
     for name in e["corruptions"]:
         cx = module.features(corrupt(test.images, name, seed=cfg["seed"]))
-        corrupted[name] = knn_top1(train_x, train.labels, cx, test.labels, k=e["knn_k"],
-                                   temperature=e["knn_temperature"])
+        corrupted[name] = knn_top1(
+            train_x, train.labels, cx, test.labels, k=e["knn_k"], temperature=e["knn_temperature"]
+        )
     emb_dir = out / "embeddings"
     emb_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(emb_dir / f"{method}.npz", train_x=train_x.numpy().astype(np.float32), train_y=train.labels.numpy(),
-             test_x=test_x.numpy().astype(np.float32), test_y=test.labels.numpy())
+    np.savez(
+        emb_dir / f"{method}.npz",
+        train_x=train_x.numpy().astype(np.float32),
+        train_y=train.labels.numpy(),
+        test_x=test_x.numpy().astype(np.float32),
+        test_y=test.labels.numpy(),
+    )
     if method == "sop":
         _sop_grid(module, train, out / "sop_grid.png", e["sop_grid_rows"], cfg["seed"])
     return {
@@ -231,8 +262,14 @@ def _default_out(cfg: dict[str, Any]) -> Path:
 
 
 def raw_pixel_floor(train: ArrayDataset, test: ArrayDataset, k: int, temperature: float) -> float:
-    return knn_top1(raw_pixel_features(train.images), train.labels, raw_pixel_features(test.images), test.labels,
-                    k=k, temperature=temperature)
+    return knn_top1(
+        raw_pixel_features(train.images),
+        train.labels,
+        raw_pixel_features(test.images),
+        test.labels,
+        k=k,
+        temperature=temperature,
+    )
 
 
 def run(cfg: dict[str, Any]) -> dict[str, Any] | None:
@@ -278,13 +315,19 @@ def run(cfg: dict[str, Any]) -> dict[str, Any] | None:
         return None
     for method, fitted in pending:
         methods[method] = evaluate_fitted(method, fitted, cfg, train, test, out)
-    results = {"dataset": cfg["data"]["name"], "seed": cfg["seed"], "profile": cfg["profile_name"],
-               "raw_pixel_knn_top1": floor, "methods": methods}
+    results = {
+        "dataset": cfg["data"]["name"],
+        "seed": cfg["seed"],
+        "profile": cfg["profile_name"],
+        "raw_pixel_knn_top1": floor,
+        "methods": methods,
+    }
     validate_results(results)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     plot_learning_curves({m: r["knn_curve_subset"] for m, r in methods.items()}, floor, out / "knn_curve.png")
-    plot_metric_bars(methods, ["knn_top1", "linear_top1", "map_at_r", "recall_at_1", "corrupt_knn_top1"],
-                     out / "metrics.png")
+    plot_metric_bars(
+        methods, ["knn_top1", "linear_top1", "map_at_r", "recall_at_1", "corrupt_knn_top1"], out / "metrics.png"
+    )
     write_report(results, out / "report.md")
     log.info("results: %s", out / "results.json")
     return results

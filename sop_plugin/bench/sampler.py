@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from sop_plugin.bench.distributed import rank_and_world
+from sop_plugin.core import rank_and_world
 
 
 class EpochPermutation(Sampler[int]):
@@ -52,8 +52,9 @@ class GlobalBatchSampler(Sampler[list[int]]):
             epoch comes from ``set_epoch`` and iteration starts at batch 0.
     """
 
-    def __init__(self, num_items: int, batch_size: int, seed: int,
-                 position: Callable[[], tuple[int, int]] | None = None) -> None:
+    def __init__(
+        self, num_items: int, batch_size: int, seed: int, position: Callable[[], tuple[int, int]] | None = None
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.sampler = EpochPermutation(num_items, seed)

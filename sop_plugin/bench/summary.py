@@ -14,8 +14,17 @@ from typing import Any
 from sop_plugin.bench.plots import plot_learning_curves, plot_metric_bars
 from sop_plugin.bench.report import validate_results
 
-METRICS = ("knn_top1", "linear_top1", "map_at_r", "recall_at_1", "corrupt_knn_top1",
-           "random_init_knn_top1_subset", "step_seconds_median", "train_seconds", "peak_rss_mb")
+METRICS = (
+    "knn_top1",
+    "linear_top1",
+    "map_at_r",
+    "recall_at_1",
+    "corrupt_knn_top1",
+    "random_init_knn_top1_subset",
+    "step_seconds_median",
+    "train_seconds",
+    "peak_rss_mb",
+)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -25,9 +34,14 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean and std over runs of every metric, per method; also the per-run values."""
     methods = sorted({m for r in runs for m in r["methods"]})
-    out: dict[str, Any] = {"runs": len(runs), "seeds": [r["seed"] for r in runs], "dataset": runs[0]["dataset"],
-                           "profile": runs[0]["profile"], "raw_pixel_knn_top1": runs[0]["raw_pixel_knn_top1"],
-                           "methods": {}}
+    out: dict[str, Any] = {
+        "runs": len(runs),
+        "seeds": [r["seed"] for r in runs],
+        "dataset": runs[0]["dataset"],
+        "profile": runs[0]["profile"],
+        "raw_pixel_knn_top1": runs[0]["raw_pixel_knn_top1"],
+        "methods": {},
+    }
     for m in methods:
         per = [r["methods"][m] for r in runs if m in r["methods"]]
         stats: dict[str, Any] = {}
@@ -43,15 +57,27 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def write_summary(summary: dict[str, Any], runs: list[dict[str, Any]], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    lines = [f"# {summary['profile']} profile on {summary['dataset']}: {summary['runs']} seeds {summary['seeds']}", "",
-             f"Raw-pixel kNN floor: {summary['raw_pixel_knn_top1']:.2f} %", "",
-             "| method | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+    lines = [
+        f"# {summary['profile']} profile on {summary['dataset']}: {summary['runs']} seeds {summary['seeds']}",
+        "",
+        f"Raw-pixel kNN floor: {summary['raw_pixel_knn_top1']:.2f} %",
+        "",
+        "| method | " + " | ".join(METRICS) + " |",
+        "|---" * (len(METRICS) + 1) + "|",
+    ]
     for m, stats in summary["methods"].items():
         cells = [f"{stats[k]['mean']:.2f} ± {stats[k]['std']:.2f}" if k in stats else "n/a" for k in METRICS]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    lines += ["", "Mean ± sample std over seeds; accuracies in %, kNN k=20 cosine T=0.07 on the full sets;",
-              "`random_init_knn_top1_subset` is the kNN of each method's untrained teacher on the per-epoch subset.",
-              "", "![kNN per epoch](knn_curve.png)", "", "![metrics](metrics.png)", ""]
+    lines += [
+        "",
+        "Mean ± sample std over seeds; accuracies in %, kNN k=20 cosine T=0.07 on the full sets;",
+        "`random_init_knn_top1_subset` is the kNN of each method's untrained teacher on the per-epoch subset.",
+        "",
+        "![kNN per epoch](knn_curve.png)",
+        "",
+        "![metrics](metrics.png)",
+        "",
+    ]
     (out / "summary.md").write_text("\n".join(lines))
     curves: dict[str, list[tuple[float, float]]] = {}
     for m in summary["methods"]:
@@ -59,8 +85,10 @@ def write_summary(summary: dict[str, Any], runs: list[dict[str, Any]], out: Path
         n = min(len(c) for c in per_run)
         curves[m] = [(per_run[0][i][0], statistics.fmean(c[i][1] for c in per_run)) for i in range(n)]
     plot_learning_curves(curves, summary["raw_pixel_knn_top1"], out / "knn_curve.png")
-    bars = {m: {k: s[k]["mean"] for k in ("knn_top1", "linear_top1", "map_at_r", "recall_at_1", "corrupt_knn_top1")}
-            for m, s in summary["methods"].items()}
+    bars = {
+        m: {k: s[k]["mean"] for k in ("knn_top1", "linear_top1", "map_at_r", "recall_at_1", "corrupt_knn_top1")}
+        for m, s in summary["methods"].items()
+    }
     plot_metric_bars(bars, list(next(iter(bars.values()))), out / "metrics.png")
 
 

@@ -51,9 +51,13 @@ def load_runs(dirs: list[Path], key: str) -> list[tuple[Any, dict[str, Any], dic
     for value, cfg, _ in runs[1:]:
         flat = _flatten(cfg)
         # a difference is allowed only where both runs hold their swept value (interpolated copies of it)
-        diff = sorted(k for k in set(base_cfg) | set(flat)
-                      if base_cfg.get(k) != flat.get(k) and not k.startswith(IGNORED)
-                      and not (base_cfg.get(k) == base_value and flat.get(k) == value))
+        diff = sorted(
+            k
+            for k in set(base_cfg) | set(flat)
+            if base_cfg.get(k) != flat.get(k)
+            and not k.startswith(IGNORED)
+            and not (base_cfg.get(k) == base_value and flat.get(k) == value)
+        )
         if diff:
             raise ValueError(f"runs differ in {diff[:6]} besides {key}: not one search over {key}")
     return runs
@@ -63,9 +67,15 @@ def summarize_sweep(runs: list[tuple[Any, dict[str, Any], dict[str, Any]]], key:
     """Per method: the metric at every value, and the value with the best kNN top-1."""
     values = [v for v, _, _ in runs]
     methods = sorted({m for _, _, r in runs for m in r["methods"]})
-    out: dict[str, Any] = {"key": key, "values": values, "profile": runs[0][2]["profile"],
-                           "dataset": runs[0][2]["dataset"], "seed": runs[0][2]["seed"],
-                           "raw_pixel_knn_top1": runs[0][2]["raw_pixel_knn_top1"], "methods": {}}
+    out: dict[str, Any] = {
+        "key": key,
+        "values": values,
+        "profile": runs[0][2]["profile"],
+        "dataset": runs[0][2]["dataset"],
+        "seed": runs[0][2]["seed"],
+        "raw_pixel_knn_top1": runs[0][2]["raw_pixel_knn_top1"],
+        "methods": {},
+    }
     for m in methods:
         per = {metric: [float(r["methods"][m][metric]) for _, _, r in runs] for metric in METRICS}
         best = max(range(len(values)), key=lambda i: per["knn_top1"][i])
@@ -78,17 +88,27 @@ def write_sweep(summary: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps(summary, indent=2))
     key, values = summary["key"], summary["values"]
-    lines = [f"# Search over `{key}`: {summary['profile']} profile on {summary['dataset']}, seed {summary['seed']}",
-             "", "Same grid for every method; everything else equal. Accuracies in %.", "",
-             "| method | " + " | ".join(f"{key}={v:g} kNN / linear" for v in values) + " | best (kNN) |",
-             "|---" * (len(values) + 2) + "|"]
+    lines = [
+        f"# Search over `{key}`: {summary['profile']} profile on {summary['dataset']}, seed {summary['seed']}",
+        "",
+        "Same grid for every method; everything else equal. Accuracies in %.",
+        "",
+        "| method | " + " | ".join(f"{key}={v:g} kNN / linear" for v in values) + " | best (kNN) |",
+        "|---" * (len(values) + 2) + "|",
+    ]
     for m, s in summary["methods"].items():
         cells = [f"{k:.2f} / {lin:.2f}" for k, lin in zip(s["knn_top1"], s["linear_top1"])]
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {s['best_value']:g} |")
     lines += ["", f"Raw-pixel kNN floor: {summary['raw_pixel_knn_top1']:.2f} %", "", "![sweep](sweep.png)", ""]
     (out / "sweep.md").write_text("\n".join(lines))
-    plot_sweep(values, {m: s["knn_top1"] for m, s in summary["methods"].items()}, key, "kNN top-1",
-               out / "sweep.png", floor=summary["raw_pixel_knn_top1"])
+    plot_sweep(
+        values,
+        {m: s["knn_top1"] for m, s in summary["methods"].items()},
+        key,
+        "kNN top-1",
+        out / "sweep.png",
+        floor=summary["raw_pixel_knn_top1"],
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,31 +1,31 @@
-"""Host-agnostic SOP: memories, retrieval, SOP construction, assignment, losses, masking, head.
+"""Host-agnostic SOP: config, memories, retrieval, SOP sets and assignment, losses, masking, head,
+the objective and its diagnostics.
 
-Depends on torch (and optionally faiss) only; no Lightning, hydra or solo-learn.
+Imports torch only (and faiss inside ``retrieval``); no Lightning, hydra, lightly, timm or solo-learn.
 """
 
 from sop_plugin.core.anchors import ANCHOR_SELECTORS
-from sop_plugin.core.encoder import MaskedEncoder, build_vit
+from sop_plugin.core.config import SOPConfig
+from sop_plugin.core.distributed import gather_across_ranks, rank_and_world
 from sop_plugin.core.head import SOPHead
-from sop_plugin.core.losses import koleo_loss, sop_global_loss, sop_mim_loss
+from sop_plugin.core.losses import sop_global_loss, sop_mim_loss
 from sop_plugin.core.masking import BlockMaskGenerator
-from sop_plugin.core.memory import SupportMemory, gather_across_ranks
+from sop_plugin.core.memory import SupportMemory
 from sop_plugin.core.momentum import ema_update
-from sop_plugin.core.objective import SOPConfig, SOPLossOutput, SOPObjective, assign_batched
-from sop_plugin.core.retrieval import (
-    RETRIEVAL_BACKENDS,
-    Retrieval,
-    get_retrieval,
-    register_retrieval,
-)
+from sop_plugin.core.objective import SOPLossOutput, SOPObjective
+from sop_plugin.core.retrieval import RETRIEVAL_BACKENDS, Retrieval, get_retrieval, register_retrieval
 from sop_plugin.core.schedules import cosine_schedule, linear_warmup, warmup_cosine
-from sop_plugin.core.sops import SOPSet, assign, build_sops, sample_anchors, vote_matrix
+from sop_plugin.core.seeding import mix_seed, seeded_generator
+from sop_plugin.core.sops import SOPSet, assign, build_sop_sets, build_sops, sample_anchors
+from sop_plugin.core.timing import NULL_TIMER, PhaseTimer
 
 __all__ = [
     "ANCHOR_SELECTORS",
-    "BlockMaskGenerator",
+    "NULL_TIMER",
     "RETRIEVAL_BACKENDS",
+    "BlockMaskGenerator",
+    "PhaseTimer",
     "Retrieval",
-    "MaskedEncoder",
     "SOPConfig",
     "SOPHead",
     "SOPLossOutput",
@@ -33,19 +33,19 @@ __all__ = [
     "SOPSet",
     "SupportMemory",
     "assign",
-    "assign_batched",
+    "build_sop_sets",
     "build_sops",
-    "build_vit",
     "cosine_schedule",
     "ema_update",
     "gather_across_ranks",
     "get_retrieval",
-    "koleo_loss",
     "linear_warmup",
+    "mix_seed",
+    "rank_and_world",
     "register_retrieval",
     "sample_anchors",
+    "seeded_generator",
     "sop_global_loss",
     "sop_mim_loss",
-    "vote_matrix",
     "warmup_cosine",
 ]

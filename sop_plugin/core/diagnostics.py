@@ -50,8 +50,10 @@ def per_set_losses(record: StepRecord) -> tuple[list[float], list[float] | None]
     if record.patch_student_probs is not None and record.patch_teacher_probs is not None:
         sp, tp = record.patch_student_probs, record.patch_teacher_probs
         assert record.patch_image_index is not None
-        mim = [float(sop_mim_loss(sp[i : i + 1], tp[i : i + 1], record.patch_image_index, record.num_images))
-               for i in range(sp.shape[0])]
+        mim = [
+            float(sop_mim_loss(sp[i : i + 1], tp[i : i + 1], record.patch_image_index, record.num_images))
+            for i in range(sp.shape[0])
+        ]
     return cls, mim
 
 
@@ -85,25 +87,34 @@ def explain_nonfinite(record: StepRecord | None, class_memory: SupportMemory, pa
     cls_sets, mim_sets = per_set_losses(record)
     bad_cls = [i for i, v in enumerate(cls_sets) if not math.isfinite(v)]
     parts.append("non-finite component(s): " + (", ".join(bad_components) or "none of cls/mim/koleo (the sum)"))
-    parts.append(f"class loss per SOP set {_fmt(cls_sets)}" + (f" -> non-finite in set(s) {bad_cls}" if bad_cls else ""))
+    parts.append(
+        f"class loss per SOP set {_fmt(cls_sets)}" + (f" -> non-finite in set(s) {bad_cls}" if bad_cls else "")
+    )
     if mim_sets is not None:
         bad_mim = [i for i, v in enumerate(mim_sets) if not math.isfinite(v)]
-        parts.append(f"patch loss per SOP set {_fmt(mim_sets)}"
-                     + (f" -> non-finite in set(s) {bad_mim}" if bad_mim else ""))
-    inputs = {"student [CLS] embeddings": record.student_cls, "teacher [CLS] embeddings": record.teacher_cls,
-              "student patch embeddings": record.patch_student, "teacher patch embeddings": record.patch_teacher}
+        parts.append(
+            f"patch loss per SOP set {_fmt(mim_sets)}" + (f" -> non-finite in set(s) {bad_mim}" if bad_mim else "")
+        )
+    inputs = {
+        "student [CLS] embeddings": record.student_cls,
+        "teacher [CLS] embeddings": record.teacher_cls,
+        "student patch embeddings": record.patch_student,
+        "teacher patch embeddings": record.patch_teacher,
+    }
     bad_inputs = [f"{k} ({_nonfinite(v)} values)" for k, v in inputs.items() if _nonfinite(v)]
     parts.append("non-finite inputs: " + (", ".join(bad_inputs) if bad_inputs else "none"))
     parts.append(f"temperatures: student {record.student_temp:g}, teacher {record.teacher_temp:g} (step {record.step})")
     parts.append(f"memories after the step's enqueue: {mems}")
     if any("student" in b for b in bad_inputs):
-        cause = "the student network diverged: lower optim.lr or check the input data"
+        cause = "the student network diverged: lower the learning rate or check the input data"
     elif bad_inputs:
         cause = "the teacher produced non-finite embeddings: check the EMA and the input data"
     elif "non-finite" in mems:
         cause = "a memory holds non-finite rows from an earlier step"
     else:
-        cause = ("the assignments under- or overflowed: raise the temperatures (sop.sop.student_temp, "
-                 "temps.*) or lower optim.lr")
+        cause = (
+            "the assignments under- or overflowed: raise the temperatures (the SOP settings "
+            "student_temp / teacher_temp) or lower the learning rate"
+        )
     parts.append(f"likely cause: {cause}")
     return "; ".join(parts)

@@ -12,9 +12,7 @@ class SOPHead(nn.Module):
     has no weight-normalised prototype layer after the bottleneck.
     """
 
-    def __init__(
-        self, in_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256, num_layers: int = 3
-    ) -> None:
+    def __init__(self, in_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256, num_layers: int = 3) -> None:
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")

@@ -59,20 +59,3 @@ def sop_mim_loss(student_probs: Tensor, teacher_probs: Tensor, image_index: Tens
     counts = torch.bincount(image_index, minlength=num_images).clamp_min(1).to(ce.dtype)
     per_patch_w = (1.0 / counts)[image_index]  # [M]
     return (ce * per_patch_w).sum() / (num_images * t)
-
-
-def koleo_loss(x: Tensor, eps: float = 1e-8) -> Tensor:
-    """Kozachenko-Leonenko entropy regulariser on unit vectors ``x`` [B, d] (DINOv2).
-
-    Minus the mean log distance of each row to its nearest other row; pushes the
-    batch to spread out on the sphere.
-    """
-    if x.shape[0] < 2:
-        return x.sum() * 0.0
-    x = torch.nn.functional.normalize(x, dim=-1)
-    with torch.no_grad():
-        sims = x @ x.T
-        sims.fill_diagonal_(-2.0)
-        nn_idx = sims.argmax(dim=1)
-    dist = (x - x[nn_idx]).norm(dim=-1)
-    return -(dist + eps).log().mean()

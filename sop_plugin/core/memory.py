@@ -8,17 +8,9 @@ holds the same memory after each step.
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
-
-def gather_across_ranks(x: Tensor) -> Tensor:
-    """Concatenate ``x`` from every rank along dim 0 (rank order); identity without DDP."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts, dim=0)
+from sop_plugin.core.distributed import gather_across_ranks
 
 
 class SupportMemory(nn.Module):

@@ -9,91 +9,22 @@ DDP rank and every resumed run draws the same SOP sets.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from sop_plugin.core.anchors import ANCHOR_SELECTORS
+from sop_plugin.core.config import SOPConfig
 from sop_plugin.core.diagnostics import StepRecord, explain_nonfinite
-from sop_plugin.core.losses import koleo_loss, sop_global_loss, sop_mim_loss
+from sop_plugin.core.distributed import rank_and_world
+from sop_plugin.core.losses import sop_global_loss, sop_mim_loss
 from sop_plugin.core.memory import SupportMemory
-from sop_plugin.core.retrieval import RETRIEVAL_BACKENDS, Retrieval, get_retrieval
-from sop_plugin.core.retrieval_auto import lockstep
+from sop_plugin.core.retrieval import Retrieval, get_retrieval, lockstep
 from sop_plugin.core.schedules import linear_warmup
-from sop_plugin.core.sops import SOPSet
-from sop_plugin.core.sops_batched import assign_sets, build_sop_sets, stack_sets
-
-
-@dataclass
-class SOPConfig:
-    """Every SOP hyper-parameter; defaults follow DESIGN.md section 1 / the reference code."""
-
-    dim: int = 256
-    class_memory_size: int = 65536
-    patch_memory_size: int = 8192
-    class_num_sets: int = 4
-    class_num_anchors: int = 64
-    class_num_supports: int = 8
-    patch_num_sets: int = 1
-    patch_num_anchors: int = 512
-    patch_num_supports: int = 0
-    smoothing: float = 0.1
-    student_temp: float = 0.1
-    teacher_temp: float = 0.07
-    warmup_teacher_temp: float = 0.04
-    warmup_teacher_temp_steps: int = 0
-    mim_weight: float = 1.0
-    koleo_weight: float = 0.0
-    anchor_selection: str = "uniform"
-    retrieval: str = "torch"
-    seed: int = 0
-
-    def validate(self, global_batch_size: int | None = None) -> SOPConfig:
-        """Raise ``ValueError`` naming the setting and the fix for any inconsistent value."""
-        errors: list[str] = []
-        for name in ("student_temp", "teacher_temp", "warmup_teacher_temp"):
-            if getattr(self, name) <= 0:
-                errors.append(f"{name}={getattr(self, name)} must be > 0")
-        if not 0.0 <= self.smoothing < 1.0:
-            errors.append(f"smoothing={self.smoothing} must be in [0, 1)")
-        for name in ("mim_weight", "koleo_weight"):
-            if getattr(self, name) < 0:
-                errors.append(f"{name}={getattr(self, name)} must be >= 0")
-        if self.dim < 1:
-            errors.append(f"dim={self.dim} must be >= 1")
-        for level in ("class", "patch"):
-            size = getattr(self, f"{level}_memory_size")
-            p = getattr(self, f"{level}_num_anchors")
-            k = getattr(self, f"{level}_num_supports")
-            t = getattr(self, f"{level}_num_sets")
-            if t < 1:
-                errors.append(f"{level}_num_sets={t} must be >= 1")
-            if p < 2:
-                errors.append(f"{level}_num_anchors={p} must be >= 2 (a SOP set needs two regions)")
-            if k < 0:
-                errors.append(f"{level}_num_supports={k} must be >= 0")
-            if p * (k + 1) > size:
-                errors.append(
-                    f"{level}_num_anchors x ({level}_num_supports + 1) = {p * (k + 1)} exceeds "
-                    f"{level}_memory_size={size}: lower anchors/supports or enlarge the memory"
-                )
-            if global_batch_size is not None and global_batch_size > size:
-                errors.append(
-                    f"global batch {global_batch_size} exceeds {level}_memory_size={size}: "
-                    f"the memory must hold at least one step of embeddings"
-                )
-        if self.anchor_selection not in ANCHOR_SELECTORS:
-            errors.append(f"anchor_selection={self.anchor_selection!r}; choose one of {sorted(ANCHOR_SELECTORS)}")
-        if self.retrieval not in RETRIEVAL_BACKENDS:
-            errors.append(f"retrieval={self.retrieval!r}; choose one of {sorted(RETRIEVAL_BACKENDS)}")
-        if errors:
-            raise ValueError("invalid SOP settings:\n  - " + "\n  - ".join(errors))
-        return self
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+from sop_plugin.core.seeding import seeded_generator
+from sop_plugin.core.sops import SOPSet, assign, build_sop_sets
+from sop_plugin.core.timing import NULL_TIMER, PhaseTimer
 
 
 @dataclass
@@ -108,24 +39,32 @@ class SOPLossOutput:
     stats: dict[str, float] = field(default_factory=dict)
 
 
-def _rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def assign_batched(z: Tensor, supports: Tensor, votes: Tensor, temperature: float) -> Tensor:
-    """:func:`assign` for T stacked sets at once: z [N, d] -> [T, N, P]."""
-    logits = torch.einsum("nd,trd->tnr", z, supports.to(z.dtype)) / temperature
-    return torch.bmm(logits.softmax(dim=-1), votes.to(z.dtype))
-
-
 class SOPObjective(nn.Module):
-    """Owns the SOP memories and computes L = L_cls + mim_weight L_mim + koleo_weight L_koleo."""
+    """Owns the SOP memories and computes L = L_cls + mim_weight L_mim + koleo_weight L_koleo.
 
-    def __init__(self, cfg: SOPConfig | None = None, retrieval: Retrieval | None = None) -> None:
+    Args:
+        cfg: the SOP settings.
+        retrieval: the SE search backend (default: built from ``cfg.retrieval``).
+        koleo: a module [B, d] -> scalar for the KoLeo term (the hosts pass lightly's
+            ``KoLeoLoss``; core stays free of lightly); needed when ``cfg.koleo_weight > 0``.
+
+    Attributes:
+        timer: phases "sop_sets" (incl. "retrieval"), "assignment", "loss" and "memory_update"
+            are timed through ``timer.phase(label)``; :data:`NULL_TIMER` by default.
+    """
+
+    def __init__(
+        self, cfg: SOPConfig | None = None, retrieval: Retrieval | None = None, koleo: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.cfg = (cfg or SOPConfig()).validate()
+        if self.cfg.koleo_weight > 0 and koleo is None:
+            raise ValueError(
+                f"koleo_weight={self.cfg.koleo_weight} needs a KoLeo loss module: pass "
+                "SOPObjective(cfg, koleo=lightly.loss.KoLeoLoss()) or set koleo_weight=0"
+            )
+        self.koleo = koleo
+        self.timer: PhaseTimer = NULL_TIMER
         self.class_memory = SupportMemory(self.cfg.class_memory_size, self.cfg.dim, seed=self.cfg.seed)
         self.patch_memory = SupportMemory(self.cfg.patch_memory_size, self.cfg.dim, seed=self.cfg.seed + 1)
         self.retrieval = retrieval or get_retrieval(self.cfg.retrieval)
@@ -136,15 +75,15 @@ class SOPObjective(nn.Module):
     # ---------------------------------------------------------------- randomness
     def generator(self, step: int, stream: int) -> torch.Generator:
         """CPU generator for (seed, step, stream): identical on every rank and after resume."""
-        return torch.Generator().manual_seed(((self.cfg.seed * 1_000_003 + step) * 16 + stream) % (2**63))
+        return seeded_generator(self.cfg.seed, step, stream)
 
     def teacher_temperature(self, step: int) -> float:
         c = self.cfg
         return linear_warmup(step, c.warmup_teacher_temp_steps, c.warmup_teacher_temp, c.teacher_temp)
 
     # ---------------------------------------------------------------- SOP sets
-    def build_sets(self, level: str, step: int) -> list[SOPSet]:
-        """Fresh SOP sets for ``level`` in {"class", "patch"} at ``step``."""
+    def build_sets(self, level: str, step: int) -> SOPSet:
+        """Fresh stacked SOP sets [T, ...] for ``level`` in {"class", "patch"} at ``step``."""
         c = self.cfg
         memory: SupportMemory = getattr(self, f"{level}_memory")
         stream = 0 if level == "class" else 1
@@ -159,16 +98,18 @@ class SOPObjective(nn.Module):
         # one search for all T sets (set t's anchors are excluded from set t only); every rank
         # builds these sets, so retrieval="auto" may agree on rank 0's backend here
         with lockstep(self.retrieval):
-            return build_sop_sets(memory.bank, anchors, k, c.smoothing, self.retrieval)
+            return build_sop_sets(memory.bank, anchors, k, c.smoothing, self.retrieval, self.timer)
 
     # ---------------------------------------------------------------- patch selection
-    def memory_patch_index(self, batch_size: int, num_patches: int, step: int, device: torch.device | str = "cpu") -> Tensor:
+    def memory_patch_index(
+        self, batch_size: int, num_patches: int, step: int, device: torch.device | str = "cpu"
+    ) -> Tensor:
         """Which patch of global view 0 each local image sends to the patch memory: [B] long.
 
         Drawn for the global batch from the (seed, step) generator, then this rank's slice,
         so DDP and single-process runs enqueue the same patches.
         """
-        rank, world = _rank_and_world()
+        rank, world = rank_and_world()
         pick = torch.randint(0, num_patches, (batch_size * world,), generator=self.generator(step, 2))
         return pick[rank * batch_size : (rank + 1) * batch_size].to(device)
 
@@ -222,15 +163,14 @@ class SOPObjective(nn.Module):
         v, b, d = student_cls.shape
         g = teacher_cls.shape[0]
 
-        cls_sets = stack_sets(self.build_sets("class", step))  # no dense vote matrices (see assign_sets)
-        s_probs = assign_sets(student_cls.reshape(v * b, d).float(), cls_sets, c.student_temp)
-        with torch.no_grad():
-            t_probs = assign_sets(teacher_cls.reshape(g * b, d).float(), cls_sets, t_temp)
-        tn = cls_sets.supports.shape[0]
-        cls_loss = sop_global_loss(s_probs.view(tn, v, b, -1), t_probs.view(tn, g, b, -1))
+        timer = self.timer
+        s_probs, t_probs = self._assign("class", step, student_cls.reshape(v * b, d), teacher_cls.reshape(g * b, d))
+        tn = s_probs.shape[0]
+        with timer.phase("loss"):
+            cls_loss = sop_global_loss(s_probs.view(tn, v, b, -1), t_probs.view(tn, g, b, -1))
         stats = self._class_stats(t_probs)
         record = StepRecord(step, c.student_temp, t_temp, student_cls.detach(), teacher_cls,
-                            s_probs.detach().view(tn, v, b, -1), t_probs.view(tn, g, b, -1))
+                            s_probs.detach().view(tn, v, b, -1), t_probs.view(tn, g, b, -1))  # fmt: skip
 
         zero = cls_loss.new_zeros(())
         mim_loss = zero
@@ -244,11 +184,9 @@ class SOPObjective(nn.Module):
                 teacher_patches = teacher_patches.reshape(-1, d)[masked_idx]
             if c.mim_weight > 0:
                 image_index = masked_idx // n
-                patch_sets = stack_sets(self.build_sets("patch", step))
-                sp = assign_sets(student_patches.float(), patch_sets, c.student_temp)
-                with torch.no_grad():
-                    tp = assign_sets(teacher_patches.detach().float(), patch_sets, t_temp)
-                mim_loss = sop_mim_loss(sp, tp, image_index, g * b)
+                sp, tp = self._assign("patch", step, student_patches, teacher_patches)
+                with timer.phase("loss"):
+                    mim_loss = sop_mim_loss(sp, tp, image_index, g * b)
                 record.patch_student, record.patch_teacher = student_patches.detach(), teacher_patches.detach()
                 record.patch_student_probs, record.patch_teacher_probs = sp.detach(), tp
                 record.patch_image_index, record.num_images = image_index, g * b
@@ -256,15 +194,27 @@ class SOPObjective(nn.Module):
 
         koleo = zero
         if c.koleo_weight > 0:
-            koleo = torch.stack([koleo_loss(student_cls[i].float()) for i in range(g)]).mean()
+            assert self.koleo is not None
+            koleo = torch.stack([self.koleo(student_cls[i].float()) for i in range(g)]).mean()
 
         loss = cls_loss + c.mim_weight * mim_loss + c.koleo_weight * koleo
-        record.losses = {"cls": cls_loss.detach(), "mim": mim_loss.detach(), "koleo": koleo.detach(),
-                         "total": loss.detach()}
+        parts = {"cls": cls_loss, "mim": mim_loss, "koleo": koleo, "total": loss}
+        record.losses = {k: x.detach() for k, x in parts.items()}
         self.last_step = record
         if update_memory:
-            self.update_memories(teacher_cls, memory_patches)
+            with timer.phase("memory_update"):
+                self.update_memories(teacher_cls, memory_patches)
         return SOPLossOutput(loss, cls_loss, mim_loss, koleo, t_temp, stats)
+
+    def _assign(self, level: str, step: int, student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
+        """Fresh SOP sets of ``level``; student rows [N, d] and teacher rows [M, d] -> [T, N, P], [T, M, P]."""
+        with self.timer.phase("sop_sets"):
+            sets = self.build_sets(level, step)
+        with self.timer.phase("assignment"):
+            s_probs = assign(student.float(), sets, self.cfg.student_temp)
+            with torch.no_grad():
+                t_probs = assign(teacher.detach().float(), sets, self.teacher_temperature(step))
+        return s_probs, t_probs
 
     @torch.no_grad()
     def update_memories(self, teacher_cls: Tensor, memory_patches: Tensor | None = None) -> None:
@@ -311,7 +261,9 @@ class SOPObjective(nn.Module):
                     f"{tuple(student_patches.shape)} and {tuple(teacher_patches.shape)}"
                 )
             if student_patches.ndim == 4 and student_patches.shape[:3] != masks.shape:
-                raise ValueError(f"dense patch outputs must be [G, B, N, d] with masks [G, B, N] = {tuple(masks.shape)}")
+                raise ValueError(
+                    f"dense patch outputs must be [G, B, N, d] with masks [G, B, N] = {tuple(masks.shape)}"
+                )
             if student_patches.ndim == 2 and student_patches.shape[0] != int(masks.sum()):
                 raise ValueError(
                     f"pre-selected patch outputs must have one row per masked patch ({int(masks.sum())}), "

@@ -1,11 +1,14 @@
-"""Self-organizing prototypes: building SOP sets from a memory and assigning embeddings.
+"""Self-organizing prototypes: building SOP sets from a memory and assigning embeddings to them.
 
-A SOP set is P prototypes, each made of one anchor drawn from the memory and its k
-nearest neighbours in the rest of the memory (its support embeddings, SEs). Every
-support row votes for its own SOP with weight w (anchor: 1 - smoothing; SE: its
-cosine similarity to the anchor clamped to [0, 1]) and spreads 1 - w evenly over the
-other P - 1 SOPs. An embedding u is assigned to the SOPs as
-``softmax(u @ supports.T / tau) @ votes``, a distribution over the P SOPs.
+A SOP set is P prototypes, each made of one anchor drawn from the memory and its k nearest
+neighbours in the rest of the memory (its support embeddings, SEs). Every support row votes for
+its own SOP with weight w (anchor: 1 - smoothing; SE: its cosine to the anchor clamped to
+[0, 1]) and spreads 1 - w evenly over the other P - 1 SOPs. An embedding u is assigned to the
+SOPs as ``softmax(u @ supports.T / tau) @ votes``, a distribution over the P SOPs.
+
+One implementation serves one set and the T sets of a training step: :func:`build_sop_sets`
+searches all T * P anchors at once, :func:`build_sops` is its T = 1 case, and :func:`assign`
+takes either without materialising the vote matrices.
 """
 
 from __future__ import annotations
@@ -15,45 +18,55 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from sop_plugin.core.retrieval import Retrieval, get_retrieval
+from sop_plugin.core.retrieval import Retrieval, get_retrieval, search_sets
+from sop_plugin.core.timing import NULL_TIMER, PhaseTimer
 
 
 @dataclass(frozen=True)
 class SOPSet:
-    """One SOP set; rows are grouped per SOP: anchor p, then its k SEs.
+    """One SOP set, or T stacked sets (leading dim T); rows grouped per SOP: anchor p, then its k SEs.
 
     Attributes:
-        supports: [P(k+1), d] support embeddings (anchors and SEs), no gradient.
-        votes: [P(k+1), P] vote matrix Y, rows sum to 1.
-        owner: [P(k+1)] index p of the SOP owning each row.
-        weights: [P(k+1)] contribution weight w of each row.
-        memory_index: [P(k+1)] row of the memory each support came from.
+        supports: [P(k+1), d] (or [T, P(k+1), d]) anchors and SEs, no gradient.
+        owner: [P(k+1)] index p of the SOP owning each row (the same for every set).
+        weights: [P(k+1)] (or [T, P(k+1)]) contribution weight w of each row.
+        memory_index: [P(k+1)] (or [T, P(k+1)]) memory row each support came from.
+        num_sops: P.
     """
 
     supports: Tensor
-    votes: Tensor
     owner: Tensor
     weights: Tensor
     memory_index: Tensor
-
-    @property
-    def num_sops(self) -> int:
-        return self.votes.shape[1]
+    num_sops: int
 
     @property
     def num_supports(self) -> int:
         """k, the number of SEs per anchor."""
-        return self.supports.shape[0] // self.num_sops - 1
+        return self.owner.shape[0] // self.num_sops - 1
 
+    @property
+    def votes(self) -> Tensor:
+        """Vote matrix Y [P(k+1), P] (or [T, P(k+1), P]): ``w`` to the owner, ``(1 - w)/(P - 1)`` elsewhere.
 
-def vote_matrix(owner: Tensor, weights: Tensor, num_sops: int) -> Tensor:
-    """Y [R, P]: weight ``w`` to the owner column, ``(1 - w) / (P - 1)`` to every other."""
-    if num_sops < 2:
-        raise ValueError(f"a SOP set needs at least 2 anchors (num_anchors), got {num_sops}")
-    rest = (1.0 - weights) / (num_sops - 1)
-    votes = rest[:, None].expand(-1, num_sops).clone()
-    votes.scatter_(1, owner[:, None], weights[:, None])
-    return votes
+        Computed on demand: :func:`assign` never needs it.
+        """
+        p = self.num_sops
+        rest = ((1.0 - self.weights) / (p - 1))[..., None].expand(*self.weights.shape, p).clone()
+        owner = self.owner.expand(self.weights.shape)[..., None]
+        return rest.scatter_(-1, owner, self.weights[..., None])
+
+    def __len__(self) -> int:
+        """T, the number of stacked sets."""
+        if self.supports.ndim != 3:
+            raise TypeError("a single SOP set has no length; stacked sets ([T, ...]) have")
+        return self.supports.shape[0]
+
+    def __getitem__(self, t: int) -> SOPSet:
+        """Set ``t`` of stacked sets."""
+        if not 0 <= t < len(self):
+            raise IndexError(f"set {t} of {len(self)}")
+        return SOPSet(self.supports[t], self.owner, self.weights[t], self.memory_index[t], self.num_sops)
 
 
 def sample_anchors(
@@ -65,8 +78,8 @@ def sample_anchors(
 ) -> Tensor:
     """Uniformly sample anchors without replacement, independently per set: [T, P] long.
 
-    Draws on the CPU from ``generator`` so every DDP rank with the same generator
-    state draws the same anchors, whatever its device.
+    Draws on the CPU from ``generator`` so every DDP rank with the same generator state draws
+    the same anchors, whatever its device.
     """
     if num_anchors > memory_size:
         raise ValueError(
@@ -78,54 +91,68 @@ def sample_anchors(
 
 
 @torch.no_grad()
-def build_sops(
+def build_sop_sets(
     memory: Tensor,
-    anchor_idx: Tensor,
+    anchors: Tensor,
     num_supports: int,
     smoothing: float,
     retrieval: Retrieval | None = None,
+    timer: PhaseTimer = NULL_TIMER,
 ) -> SOPSet:
-    """Build one SOP set from ``memory`` [K, d] and anchor rows ``anchor_idx`` [P].
+    """T stacked SOP sets from ``memory`` [K, d] and anchor rows ``anchors`` [T, P].
 
-    The SEs of each anchor are its ``num_supports`` nearest neighbours (cosine) among
-    the memory rows that are not anchors of this set. Deterministic given
-    ``anchor_idx`` (ties aside).
+    The SEs of each anchor are its ``num_supports`` nearest neighbours (cosine) among the
+    memory rows that are not anchors of the same set. Deterministic given ``anchors`` (ties
+    aside). The search runs inside ``timer.phase("retrieval")``.
     """
-    if anchor_idx.ndim != 1:
-        raise ValueError(f"anchor_idx must be 1-D [P], got shape {tuple(anchor_idx.shape)}")
+    if anchors.ndim != 2:
+        raise ValueError(f"anchors must be [T, P], got shape {tuple(anchors.shape)}")
     if not 0.0 <= smoothing < 1.0:
         raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
-    memory = memory.detach()
-    anchor_idx = anchor_idx.to(memory.device)
-    p, k = anchor_idx.numel(), num_supports
+    t, p = anchors.shape
     if p < 2:
         raise ValueError(f"a SOP set needs at least 2 anchors (num_anchors), got {p}")
-    if int(torch.unique(anchor_idx).numel()) != p:
-        raise ValueError("anchor_idx must not repeat a memory row")
-    anchors = memory[anchor_idx]
-    retrieval = retrieval or get_retrieval("torch")
-    sims, nn_idx = retrieval.search(anchors, memory, k, exclude=anchor_idx)
-    # rows grouped per SOP: [anchor_p, se_p1 .. se_pk]
-    memory_index = torch.cat([anchor_idx[:, None], nn_idx], dim=1).reshape(-1)
-    anchor_w = torch.full((p, 1), 1.0 - smoothing, dtype=memory.dtype, device=memory.device)
-    weights = torch.cat([anchor_w, sims.to(memory.dtype).clamp(0.0, 1.0)], dim=1).reshape(-1)
+    memory = memory.detach()
+    anchors = anchors.to(memory.device)
+    if bool((anchors.sort(dim=1).values.diff(dim=1) == 0).any()):
+        raise ValueError("anchor_idx must not repeat a memory row within a set")
+    k = num_supports
+    with timer.phase("retrieval"):
+        sims, nn_idx = search_sets(retrieval or get_retrieval("torch"), memory[anchors], memory, k, anchors)
+    memory_index = torch.cat([anchors[..., None], nn_idx], dim=2).reshape(t, -1)  # [T, R]
+    anchor_w = torch.full((t, p, 1), 1.0 - smoothing, dtype=memory.dtype, device=memory.device)
+    weights = torch.cat([anchor_w, sims.to(memory.dtype).clamp(0.0, 1.0)], dim=2).reshape(t, -1)
     owner = torch.arange(p, device=memory.device).repeat_interleave(k + 1)
-    return SOPSet(
-        supports=memory[memory_index],
-        votes=vote_matrix(owner, weights, p),
-        owner=owner,
-        weights=weights,
-        memory_index=memory_index,
-    )
+    return SOPSet(memory[memory_index], owner, weights, memory_index, p)
+
+
+def build_sops(
+    memory: Tensor, anchor_idx: Tensor, num_supports: int, smoothing: float, retrieval: Retrieval | None = None
+) -> SOPSet:
+    """One SOP set from ``memory`` [K, d] and anchor rows ``anchor_idx`` [P] (see :func:`build_sop_sets`)."""
+    if anchor_idx.ndim != 1:
+        raise ValueError(f"anchor_idx must be 1-D [P], got shape {tuple(anchor_idx.shape)}")
+    return build_sop_sets(memory, anchor_idx[None], num_supports, smoothing, retrieval)[0]
 
 
 def assign(z: Tensor, sops: SOPSet, temperature: float) -> Tensor:
-    """Assign embeddings ``z`` [N, d] to the SOPs: [N, P] probabilities (rows sum to 1)."""
+    """Assign embeddings ``z`` [N, d] to the SOPs: [N, P] probabilities, [T, N, P] for stacked sets.
+
+    With rows grouped per SOP, ``softmax(z D^T / tau) Y`` is, for SOP p, the softmax mass of
+    p's rows weighted by ``w - b`` plus every row's mass weighted by ``b = (1 - w) / (P - 1)``:
+    O(N R) instead of the O(N R P) product with the dense Y.
+    """
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    if z.shape[-1] != sops.supports.shape[1]:
-        raise ValueError(
-            f"embedding dim {z.shape[-1]} does not match the memory dim {sops.supports.shape[1]}"
-        )
-    logits = z @ sops.supports.to(z.dtype).T / temperature
-    return logits.softmax(dim=-1) @ sops.votes.to(z.dtype)
+    if z.shape[-1] != sops.supports.shape[-1]:
+        raise ValueError(f"embedding dim {z.shape[-1]} does not match the memory dim {sops.supports.shape[-1]}")
+    single = sops.supports.ndim == 2
+    supports = sops.supports[None] if single else sops.supports  # [T, R, d]
+    w = (sops.weights[None] if single else sops.weights).to(z.dtype)  # [T, R]
+    t, r, _ = supports.shape
+    p = sops.num_sops
+    mass = (torch.einsum("nd,trd->tnr", z, supports.to(z.dtype)) / temperature).softmax(dim=-1)
+    rest = (1.0 - w) / (p - 1)  # b: what each row gives every other SOP
+    own = (mass * (w - rest)[:, None, :]).view(t, z.shape[0], p, r // p).sum(-1)
+    probs = own + torch.bmm(mass, rest[..., None])
+    return probs[0] if single else probs

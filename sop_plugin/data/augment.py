@@ -19,9 +19,7 @@ from . import ops
 ViewProbs = tuple[float, float, float]
 
 
-def _channel_constants(
-    values: Sequence[float], channels: int, device: torch.device
-) -> torch.Tensor:
+def _channel_constants(values: Sequence[float], channels: int, device: torch.device) -> torch.Tensor:
     tensor = torch.as_tensor(tuple(values), dtype=torch.float32, device=device)
     if tensor.numel() == 1:
         return tensor.expand(channels)
@@ -101,17 +99,9 @@ class MultiCropAugment:
         mean = _channel_constants(self.mean, channels, device)
         std = _channel_constants(self.std, channels, device)
         global_src = self._source(pixels, self.global_size, self.global_scale)
-        local_src = (
-            self._source(pixels, self.local_size, self.local_scale) if self.num_local else None
-        )
-        views = [
-            self._view(global_src, self.global_size, self.global_scale, slot, generator)
-            for slot in (0, 1)
-        ]
-        views += [
-            self._view(local_src, self.local_size, self.local_scale, 2, generator)
-            for _ in range(self.num_local)
-        ]
+        local_src = self._source(pixels, self.local_size, self.local_scale) if self.num_local else None
+        views = [self._view(global_src, self.global_size, self.global_scale, slot, generator) for slot in (0, 1)]
+        views += [self._view(local_src, self.local_size, self.local_scale, 2, generator) for _ in range(self.num_local)]
         return [ops.normalize(v, mean, std) for v in views]
 
     @staticmethod
@@ -122,26 +112,17 @@ class MultiCropAugment:
         if factor >= 1.0:
             return pixels
         new_size = (max(1, round(h * factor)), max(1, round(w * factor)))
-        return F.interpolate(
-            pixels, size=new_size, mode="bilinear", antialias=True, align_corners=False
-        )
+        return F.interpolate(pixels, size=new_size, mode="bilinear", antialias=True, align_corners=False)
 
     def _view(
-        self,
-        source: torch.Tensor,
-        size: int,
-        scale: tuple[float, float],
-        slot: int,
-        generator: torch.Generator,
+        self, source: torch.Tensor, size: int, scale: tuple[float, float], slot: int, generator: torch.Generator
     ) -> torch.Tensor:
         n, device = source.shape[0], source.device
         aspect = source.shape[-1] / source.shape[-2]
         boxes = ops.sample_crop_boxes(n, scale, self.ratio, aspect, generator, device)
         flips = ops.bernoulli(n, self.hflip, generator, device)
         view = ops.crop_resize(source, boxes, flips, size)
-        view = ops.color_jitter(
-            view, self.brightness, self.contrast, self.saturation, self.jitter_prob, generator
-        )
+        view = ops.color_jitter(view, self.brightness, self.contrast, self.saturation, self.jitter_prob, generator)
         view = ops.random_grayscale(view, self.grayscale_prob, generator)
         view = ops.random_blur(view, self.blur_prob[slot], self.blur_sigma, generator)
         return ops.random_solarize(view, self.solarize_prob[slot], generator)
@@ -153,9 +134,7 @@ class EvalTransform:
     ``size=None`` keeps the native resolution.
     """
 
-    def __init__(
-        self, size: int | None, mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.5,)
-    ) -> None:
+    def __init__(self, size: int | None, mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.5,)) -> None:
         self.size, self.mean, self.std = size, tuple(mean), tuple(std)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:

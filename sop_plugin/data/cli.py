@@ -38,9 +38,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     """Export train and test splits as PNG folders ``DIR/train`` and ``DIR/val``."""
     options = _options(args)
-    splits = {
-        s: get_dataset(args.name, args.path, s, args.download, **options) for s in ("train", "test")
-    }
+    splits = {s: get_dataset(args.name, args.path, s, args.download, **options) for s in ("train", "test")}
     written = export_image_folder(splits, args.out_dir, args.limit, args.overwrite)
     for folder, count in written.items():
         print(f"wrote {count} images to {args.out_dir}/{folder}")
@@ -58,18 +56,12 @@ def _add_source_args(parser: argparse.ArgumentParser, name_optional: bool) -> No
     else:
         parser.add_argument("name", help="dataset name; see `sop-data list`")
     parser.add_argument(
-        "--path",
-        default=None,
-        help="where the files are (data.path); default: the dataset's usual place",
+        "--path", default=None, help="where the files are (data.path); default: the dataset's usual place"
     )
     parser.add_argument(
-        "--download",
-        action="store_true",
-        help="let torchvision datasets download (data.download=true)",
+        "--download", action="store_true", help="let torchvision datasets download (data.download=true)"
     )
-    parser.add_argument(
-        "--image-size", type=int, default=None, help="image-folder only: resize to this square size"
-    )
+    parser.add_argument("--image-size", type=int, default=None, help="image-folder only: resize to this square size")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,10 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands: dict[str, tuple[str, Command]] = {
         "list": ("list the registered datasets", cmd_list),
         "info": ("load one split and print its size, classes and mean/std", cmd_info),
-        "export": (
-            "write DIR/train/<class>/<i>.png and DIR/val/<class>/<i>.png (ImageFolder layout)",
-            cmd_export,
-        ),
+        "export": ("write DIR/train/<class>/<i>.png and DIR/val/<class>/<i>.png (ImageFolder layout)", cmd_export),
     }
     for name, (help_text, func) in commands.items():
         command = sub.add_parser(name, help=help_text, description=help_text)
@@ -98,14 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
             _add_source_args(command, name_optional=False)
             command.add_argument("out_dir", metavar="DIR", help="output folder")
             command.add_argument(
-                "--limit",
-                type=int,
-                default=None,
-                help="write at most N images per split (the first N)",
+                "--limit", type=int, default=None, help="write at most N images per split (the first N)"
             )
-            command.add_argument(
-                "--overwrite", action="store_true", help="write into non-empty output folders"
-            )
+            command.add_argument("--overwrite", action="store_true", help="write into non-empty output folders")
     return parser
 
 
@@ -115,10 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (
-        ValueError,
-        FileExistsError,
-    ) as error:  # incl. DatasetNotFoundError / DatasetCorruptError
+    except (ValueError, FileExistsError) as error:  # incl. DatasetNotFoundError / DatasetCorruptError
         print(f"sop-data: error: {error}", file=sys.stderr)
         return 2
 

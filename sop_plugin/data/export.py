@@ -47,19 +47,14 @@ def export_split(dataset: ArrayDataset, directory: Path, limit: int | None = Non
     labels = dataset.labels[:count].tolist()
     for index, (pixels, label) in enumerate(zip(images, labels, strict=True)):
         if label < 0:
-            raise ValueError(
-                f"{dataset.name}/{dataset.split} has unlabelled images; export needs labels"
-            )
+            raise ValueError(f"{dataset.name}/{dataset.split} has unlabelled images; export needs labels")
         array = pixels[:, :, 0] if pixels.shape[2] == 1 else np.ascontiguousarray(pixels)
         Image.fromarray(array).save(directory / names[label] / f"{index:0{width}d}.png")
     return count
 
 
 def export_image_folder(
-    splits: dict[str, ArrayDataset],
-    out_dir: str | Path,
-    limit: int | None = None,
-    overwrite: bool = False,
+    splits: dict[str, ArrayDataset], out_dir: str | Path, limit: int | None = None, overwrite: bool = False
 ) -> dict[str, int]:
     """Export ``{"train": ds, "test": ds}`` to ``out_dir/train`` and ``out_dir/val``; return images written per folder.
 
@@ -70,13 +65,9 @@ def export_image_folder(
     written: dict[str, int] = {}
     for split, dataset in splits.items():
         if split not in EXPORT_DIRS:
-            raise ValueError(
-                f"cannot export split {split!r}; expected one of {sorted(EXPORT_DIRS)}"
-            )
+            raise ValueError(f"cannot export split {split!r}; expected one of {sorted(EXPORT_DIRS)}")
         target = out / EXPORT_DIRS[split]
         if target.is_dir() and any(target.iterdir()) and not overwrite:
-            raise FileExistsError(
-                f"{target} is not empty; pass overwrite=True (--overwrite) to write into it"
-            )
+            raise FileExistsError(f"{target} is not empty; pass overwrite=True (--overwrite) to write into it")
         written[EXPORT_DIRS[split]] = export_split(dataset, target, limit)
     return written

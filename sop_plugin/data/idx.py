@@ -27,9 +27,7 @@ IDX_DTYPES: dict[int, np.dtype] = {
     0x0D: np.dtype(">f4"),
     0x0E: np.dtype(">f8"),
 }
-_CODES_BY_KIND: dict[str, int] = {
-    dt.newbyteorder("=").str[1:]: code for code, dt in IDX_DTYPES.items()
-}
+_CODES_BY_KIND: dict[str, int] = {dt.newbyteorder("=").str[1:]: code for code, dt in IDX_DTYPES.items()}
 
 
 class IdxFormatError(ValueError):
@@ -70,9 +68,7 @@ def read_idx(path: str | Path) -> np.ndarray:
             while filled < len(view):
                 got = stream.readinto(view[filled:])
                 if not got:
-                    raise IdxFormatError(
-                        f"{path}: payload truncated ({filled} of {len(view)} bytes)"
-                    )
+                    raise IdxFormatError(f"{path}: payload truncated ({filled} of {len(view)} bytes)")
                 filled += got
     return out.astype(dtype.newbyteorder("="), copy=False)
 
@@ -81,9 +77,7 @@ def read_idx_images(path: str | Path) -> np.ndarray:
     """Read an IDX image file: uint8 array ``[N, H, W]``."""
     array = read_idx(path)
     if array.ndim != 3 or array.dtype != np.uint8:
-        raise IdxFormatError(
-            f"{path}: expected uint8 images [N, H, W], got {array.dtype} {array.shape}"
-        )
+        raise IdxFormatError(f"{path}: expected uint8 images [N, H, W], got {array.dtype} {array.shape}")
     return array
 
 

@@ -16,17 +16,13 @@ import torch.nn.functional as F
 _LUMA = (0.299, 0.587, 0.114)
 
 
-def uniform(
-    n: int, low: float, high: float, generator: torch.Generator, device: torch.device
-) -> torch.Tensor:
+def uniform(n: int, low: float, high: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
     """``n`` draws from U(low, high) on ``device``."""
     draws = torch.rand(n, generator=generator, device=generator.device, dtype=torch.float32)
     return (low + (high - low) * draws).to(device)
 
 
-def bernoulli(
-    n: int, prob: float, generator: torch.Generator, device: torch.device
-) -> torch.Tensor:
+def bernoulli(n: int, prob: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
     """``n`` booleans, each True with probability ``prob``."""
     return uniform(n, 0.0, 1.0, generator, device) < prob
 
@@ -56,9 +52,7 @@ def sample_crop_boxes(
     return torch.stack([cx, cy, width, height], dim=1)
 
 
-def crop_resize(
-    images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, size: int
-) -> torch.Tensor:
+def crop_resize(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, size: int) -> torch.Tensor:
     """Cut ``boxes`` out of ``images``, mirror where ``flips``, resample to ``size`` x ``size`` (bilinear, one call)."""
     n = images.shape[0]
     cx, cy, width, height = boxes.to(images.dtype).unbind(dim=1)
@@ -81,12 +75,7 @@ def grey(images: torch.Tensor) -> torch.Tensor:
 
 
 def color_jitter(
-    images: torch.Tensor,
-    brightness: float,
-    contrast: float,
-    saturation: float,
-    prob: float,
-    generator: torch.Generator,
+    images: torch.Tensor, brightness: float, contrast: float, saturation: float, prob: float, generator: torch.Generator
 ) -> torch.Tensor:
     """Brightness, then contrast, then saturation jitter on a random ``prob`` share of the batch.
 
@@ -133,16 +122,8 @@ def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     kernel = torch.exp(-(taps.view(1, -1) ** 2) / (2 * sigma.to(images).view(-1, 1) ** 2))
     kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)
     flat = images.reshape(1, n * c, h, w)
-    flat = F.conv2d(
-        F.pad(flat, (radius, radius, 0, 0), mode="reflect"),
-        kernel.view(n * c, 1, 1, -1),
-        groups=n * c,
-    )
-    flat = F.conv2d(
-        F.pad(flat, (0, 0, radius, radius), mode="reflect"),
-        kernel.view(n * c, 1, -1, 1),
-        groups=n * c,
-    )
+    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="reflect"), kernel.view(n * c, 1, 1, -1), groups=n * c)
+    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="reflect"), kernel.view(n * c, 1, -1, 1), groups=n * c)
     return flat.view(n, c, h, w)
 
 
@@ -182,8 +163,6 @@ def resize_short_side_crop(images: torch.Tensor, size: int) -> torch.Tensor:
         return images
     scale = size / min(h, w)
     new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
-    out = F.interpolate(
-        images, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False
-    )
+    out = F.interpolate(images, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
     top, left = (new_h - size) // 2, (new_w - size) // 2
     return out[..., top : top + size, left : left + size]

@@ -28,10 +28,7 @@ def canonical_split(split: str) -> str:
 
 
 def stratified_holdout(
-    labels: np.ndarray,
-    split: str,
-    test_fraction: float = DEFAULT_TEST_FRACTION,
-    seed: int = DEFAULT_SPLIT_SEED,
+    labels: np.ndarray, split: str, test_fraction: float = DEFAULT_TEST_FRACTION, seed: int = DEFAULT_SPLIT_SEED
 ) -> np.ndarray:
     """Indices (sorted) of ``split`` in a per-class random hold-out.
 

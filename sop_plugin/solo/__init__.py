@@ -22,7 +22,7 @@ except ImportError as exc:  # solo-learn missing, or installed but not importabl
         "see the README section 'With solo-learn'."
     ) from exc
 
-from sop_plugin.solo.sop_method import METHOD_KWARGS_DEFAULTS, SOP
+from sop_plugin.solo.sop_method import METHOD_KWARGS_DEFAULTS, SOLO_ONLY_KEYS, SOP
 
 log = logging.getLogger(__name__)
 
@@ -39,4 +39,4 @@ def register() -> None:
 
 register()
 
-__all__ = ["METHOD_KWARGS_DEFAULTS", "SOP", "register"]
+__all__ = ["METHOD_KWARGS_DEFAULTS", "SOLO_ONLY_KEYS", "SOP", "register"]

@@ -44,9 +44,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 import sop_plugin.solo  # noqa: F401  (registers METHODS["sop"]; clear ImportError without solo-learn)
-from sop_plugin.core.checkpoint import load_checkpoint
-from sop_plugin.solo.sop_method import num_devices
-from sop_plugin.training import AtomicCheckpointIO, RNGStateCheckpoint
+from sop_plugin.runtime import AtomicCheckpointIO, RNGStateCheckpoint, load_checkpoint, num_devices
 
 log = logging.getLogger(__name__)
 
@@ -184,12 +182,7 @@ def _callbacks_and_logger(cfg: DictConfig, model, logdir: str, wandb_run_id: str
     callbacks: list[Any] = [RNGStateCheckpoint()]
     if cfg.checkpoint.enabled:
         callbacks.append(
-            Checkpointer(
-                cfg,
-                logdir=logdir,
-                frequency=cfg.checkpoint.frequency,
-                keep_prev=cfg.checkpoint.keep_prev,
-            )
+            Checkpointer(cfg, logdir=logdir, frequency=cfg.checkpoint.frequency, keep_prev=cfg.checkpoint.keep_prev)
         )
     logger = None
     if cfg.wandb.enabled:
@@ -222,9 +215,7 @@ def _trainer(cfg: DictConfig, callbacks: list[Any], logger: Any, broadcast_buffe
         strategy = DDPStrategy(find_unused_parameters=False, broadcast_buffers=broadcast_buffers)
     elif strategy is None:
         strategy = "auto"
-    if (
-        logger is None
-    ):  # as solo-learn: Lightning's default logger, unless the cfg says logger=False
+    if logger is None:  # as solo-learn: Lightning's default logger, unless the cfg says logger=False
         logger = kwargs.get("logger", None)
     kwargs.update(
         {
@@ -259,9 +250,7 @@ def run_pretrain(cfg: DictConfig):
     if cfg.method not in METHODS:
         raise ValueError(f"unknown method {cfg.method!r}; choose one of {sorted(METHODS)}")
     if cfg.data.num_large_crops != 2 and cfg.method not in ("wmse", "mae"):
-        raise ValueError(
-            f"{cfg.method} needs 2 large crops, the augmentations give {cfg.data.num_large_crops}"
-        )
+        raise ValueError(f"{cfg.method} needs 2 large crops, the augmentations give {cfg.data.num_large_crops}")
 
     model = METHODS[cfg.method](cfg)
     make_contiguous(model)
@@ -276,30 +265,19 @@ def run_pretrain(cfg: DictConfig):
     else:
         first = cfg.augmentations[0]
         _, val_loader = _classification_loaders(
-            cfg,
-            first.crop_size,
-            first.get("mean", _IMAGENET_MEAN),
-            first.get("std", _IMAGENET_STD),
+            cfg, first.crop_size, first.get("mean", _IMAGENET_MEAN), first.get("std", _IMAGENET_STD)
         )
 
     fit_kwargs: dict[str, Any] = {}
     if cfg.data.format == "dali":
         try:
-            from solo.data.dali_dataloader import (
-                PretrainDALIDataModule,
-                build_transform_pipeline_dali,
-            )
+            from solo.data.dali_dataloader import PretrainDALIDataModule, build_transform_pipeline_dali
         except ImportError as exc:
-            raise ImportError(
-                "data.format=dali needs NVIDIA DALI (solo-learn's [dali] extra)"
-            ) from exc
+            raise ImportError("data.format=dali needs NVIDIA DALI (solo-learn's [dali] extra)") from exc
         transform = FullTransformPipeline(
             [
                 NCropAugmentation(
-                    build_transform_pipeline_dali(
-                        cfg.data.dataset, aug, dali_device=cfg.dali.device
-                    ),
-                    aug.num_crops,
+                    build_transform_pipeline_dali(cfg.data.dataset, aug, dali_device=cfg.dali.device), aug.num_crops
                 )
                 for aug in cfg.augmentations
             ]
@@ -350,11 +328,7 @@ def run_pretrain(cfg: DictConfig):
         from solo.utils.auto_umap import AutoUMAP
 
         callbacks.append(
-            AutoUMAP(
-                cfg.name,
-                logdir=os.path.join(cfg.auto_umap.dir, cfg.method),
-                frequency=cfg.auto_umap.frequency,
-            )
+            AutoUMAP(cfg.name, logdir=os.path.join(cfg.auto_umap.dir, cfg.method), frequency=cfg.auto_umap.frequency)
         )
     trainer = _trainer(cfg, callbacks, logger, broadcast_buffers=cfg.method != "sop")
     trainer.fit(model, ckpt_path=ckpt_path, **fit_kwargs)
@@ -365,7 +339,7 @@ def run_pretrain(cfg: DictConfig):
 def load_backbone_weights(backbone: torch.nn.Module, ckpt_path: str | Path, trusted: bool = False) -> None:
     """Load the ``backbone.*`` weights of a solo-learn (or SOP) checkpoint into ``backbone``.
 
-    The file is read with torch's safe unpickler (:func:`sop_plugin.core.checkpoint.load_checkpoint`);
+    The file is read with torch's safe unpickler (:func:`sop_plugin.runtime.load_checkpoint`);
     ``trusted`` (``++trust_checkpoint=True``) allows other pickled types, with a warning.
     """
     path = str(ckpt_path)
@@ -387,9 +361,7 @@ def load_backbone_weights(backbone: torch.nn.Module, ckpt_path: str | Path, trus
             "(check backbone.name and backbone.kwargs against the pretraining config)"
         )
     if unexpected:
-        log.warning(
-            "ignoring checkpoint weights the backbone has no place for: %s", sorted(unexpected)[:8]
-        )
+        log.warning("ignoring checkpoint weights the backbone has no place for: %s", sorted(unexpected)[:8])
     log.info("Loaded %s", path)
 
 
@@ -405,9 +377,7 @@ def run_linear(cfg: DictConfig):
 
     cfg = parse_with_devices(parse_cfg, cfg)
 
-    backbone = BaseMethod._BACKBONES[cfg.backbone.name](
-        method=cfg.pretrain_method, **cfg.backbone.kwargs
-    )
+    backbone = BaseMethod._BACKBONES[cfg.backbone.name](method=cfg.pretrain_method, **cfg.backbone.kwargs)
     if cfg.backbone.name.startswith("resnet"):
         backbone.fc = nn.Identity()
         if cfg.data.dataset in ("cifar10", "cifar100"):
@@ -449,9 +419,7 @@ def run_linear(cfg: DictConfig):
         try:
             from solo.data.dali_dataloader import ClassificationDALIDataModule
         except ImportError as exc:
-            raise ImportError(
-                "data.format=dali needs NVIDIA DALI (solo-learn's [dali] extra)"
-            ) from exc
+            raise ImportError("data.format=dali needs NVIDIA DALI (solo-learn's [dali] extra)") from exc
         if cfg.auto_augment:
             raise ValueError("auto_augment is not supported with DALI")
         datamodule = ClassificationDALIDataModule(

@@ -13,11 +13,13 @@ only the global SOP loss trains the model.
 
 Everything else (online linear classifier, online kNN, momentum classifier, optimizers,
 schedulers, checkpointing) is solo-learn's. All SOP settings live under
-``method_kwargs``; see :data:`METHOD_KWARGS_DEFAULTS`.
+``method_kwargs``: the :class:`~sop_plugin.core.SOPConfig` fields under their own names,
+plus :data:`SOLO_ONLY_KEYS`; see :data:`METHOD_KWARGS_DEFAULTS`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -25,9 +27,8 @@ from typing import Any
 import omegaconf
 import torch
 import torch.nn.functional as F
+from lightly.loss import KoLeoLoss
 from lightly.models.modules.masked_vision_transformer_timm import MaskedVisionTransformerTIMM
-from omegaconf import ListConfig
-from omegaconf.errors import OmegaConfBaseException
 from solo.methods.base import BaseMomentumMethod
 from solo.utils.metrics import accuracy_at_k
 from solo.utils.misc import omegaconf_select
@@ -35,51 +36,16 @@ from solo.utils.momentum import initialize_momentum_params
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-from sop_plugin.core import BlockMaskGenerator, SOPConfig, SOPHead, SOPObjective
-from sop_plugin.training.nonfinite import (
-    POLICIES,
-    NonFiniteLossError,
-    finite_on_all_ranks,
-    restore_buffers,
-    snapshot_buffers,
-)
+from sop_plugin.core import BlockMaskGenerator, SOPConfig, SOPHead, SOPObjective, mix_seed, rank_and_world
+from sop_plugin.runtime import NonFiniteGuard, world_size
 
 log = logging.getLogger(__name__)
 
-_SOP_DEFAULTS = SOPConfig()
-
-#: ``method_kwargs`` key -> the :class:`SOPConfig` field it sets. Temperatures use the
-#: names of solo-learn's DINO so that matched DINO/SOP configs read the same.
-OBJECTIVE_KEYS: dict[str, str] = {
-    "proj_output_dim": "dim",
-    "class_memory_size": "class_memory_size",
-    "patch_memory_size": "patch_memory_size",
-    "class_num_sets": "class_num_sets",
-    "class_num_anchors": "class_num_anchors",
-    "class_num_supports": "class_num_supports",
-    "patch_num_sets": "patch_num_sets",
-    "patch_num_anchors": "patch_num_anchors",
-    "patch_num_supports": "patch_num_supports",
-    "smoothing": "smoothing",
-    "student_temperature": "student_temp",
-    "teacher_temperature": "teacher_temp",
-    "warmup_teacher_temperature": "warmup_teacher_temp",
-    "mim_weight": "mim_weight",
-    "koleo_weight": "koleo_weight",
-    "anchor_selection": "anchor_selection",
-    "retrieval": "retrieval",
-}
-
-#: Every ``method_kwargs`` key SOP understands, with its default. ``seed: None`` means the
-#: run's top-level ``seed``.
-METHOD_KWARGS_DEFAULTS: dict[str, Any] = {
-    # head shared by [CLS] and patch tokens
-    "proj_hidden_dim": 2048,
-    "proj_num_layers": 3,
-    # objective (SOPConfig)
-    **{key: getattr(_SOP_DEFAULTS, field) for key, field in OBJECTIVE_KEYS.items()},
-    "warmup_teacher_temperature_epochs": 0,
-    "seed": None,
+#: ``method_kwargs`` keys of the solo-learn host (not :class:`SOPConfig` fields), with defaults.
+SOLO_ONLY_KEYS: dict[str, Any] = {
+    # the teacher temperature warms up over this many epochs (converted to
+    # warmup_teacher_temp_steps when training starts; 0 = use warmup_teacher_temp_steps)
+    "warmup_teacher_temp_epochs": 0,
     # iBOT-style block masks of the student's global crops (ViT only)
     "mask_prob": 0.5,
     "mask_ratio": [0.1, 0.5],
@@ -92,20 +58,9 @@ METHOD_KWARGS_DEFAULTS: dict[str, Any] = {
     "max_consecutive_skips": 10,
 }
 
-
-def num_devices(devices: Any) -> int:
-    """How many devices a Lightning ``devices`` value names (1 when it cannot tell)."""
-    if isinstance(devices, (list, tuple, ListConfig)):
-        return max(1, len(devices))
-    if isinstance(devices, int):
-        return max(1, devices)
-    if isinstance(devices, str):
-        text = devices.strip()
-        if text.isdigit():
-            return max(1, int(text))
-        if "," in text:
-            return len([d for d in text.split(",") if d.strip()])
-    return 1
+#: Every ``method_kwargs`` key SOP understands, with its default: the :class:`SOPConfig`
+#: fields, then :data:`SOLO_ONLY_KEYS`. ``seed: None`` means the run's top-level ``seed``.
+METHOD_KWARGS_DEFAULTS: dict[str, Any] = {**dataclasses.asdict(SOPConfig()), "seed": None, **SOLO_ONLY_KEYS}
 
 
 def global_batch_size(cfg: omegaconf.DictConfig) -> int | None:
@@ -114,61 +69,37 @@ def global_batch_size(cfg: omegaconf.DictConfig) -> int | None:
     if batch is None:
         return None
     devices = omegaconf_select(cfg, "devices", 1)
-    nodes = omegaconf_select(cfg, "num_nodes", 1) or 1
-    return int(batch) * num_devices(devices) * int(nodes)
+    return int(batch) * world_size(devices, omegaconf_select(cfg, "num_nodes", 1))
 
 
 def sop_config_from_cfg(cfg: omegaconf.DictConfig) -> SOPConfig:
-    """The :class:`SOPConfig` described by ``cfg.method_kwargs`` (defaults already filled)."""
+    """The :class:`SOPConfig` of ``cfg.method_kwargs`` (checked and cast; seed None = run's seed)."""
     mk = cfg.method_kwargs
-    values = {field: mk[key] for key, field in OBJECTIVE_KEYS.items()}
-    seed = mk.seed if mk.seed is not None else omegaconf_select(cfg, "seed", 0)
-    values["seed"] = int(seed if seed is not None else 0)
-    for field in ("dim", "class_memory_size", "patch_memory_size", "class_num_sets",
-                  "class_num_anchors", "class_num_supports", "patch_num_sets",
-                  "patch_num_anchors", "patch_num_supports"):  # fmt: skip
-        values[field] = int(values[field])
-    for field in ("smoothing", "student_temp", "teacher_temp", "warmup_teacher_temp",
-                  "mim_weight", "koleo_weight"):  # fmt: skip
-        values[field] = float(values[field])
-    values["anchor_selection"] = str(values["anchor_selection"])
-    values["retrieval"] = str(values["retrieval"])
-    return SOPConfig(**values)
+    seed = mk.get("seed")
+    seed = omegaconf_select(cfg, "seed", 0) if seed is None else seed
+    return SOPConfig.from_mapping({**mk, "seed": seed or 0}, extra=SOLO_ONLY_KEYS)
 
 
 def _check_method_kwargs(cfg: omegaconf.DictConfig) -> None:
     """Raise ``ValueError`` listing every wrong SOP setting (typos included)."""
     mk = cfg.method_kwargs
-    errors: list[str] = []
-    unknown = sorted(set(mk.keys()) - set(METHOD_KWARGS_DEFAULTS))
-    if unknown:
-        errors.append(
-            f"unknown method_kwargs {unknown} for method 'sop'; known keys: "
-            f"{sorted(METHOD_KWARGS_DEFAULTS)}"
-        )
-    if not 0.0 <= float(mk.mask_prob) <= 1.0:
-        errors.append(f"method_kwargs.mask_prob={mk.mask_prob} must be in [0, 1]")
-    ratio = list(mk.mask_ratio) if isinstance(mk.mask_ratio, (list, tuple, ListConfig)) else None
-    if ratio is None or len(ratio) != 2 or not 0.0 <= float(ratio[0]) <= float(ratio[1]) < 1.0:
-        errors.append(
-            f"method_kwargs.mask_ratio={mk.mask_ratio} must be [min, max] with 0 <= min <= max < 1"
-        )
+    errors = NonFiniteGuard.problems(mk.on_nonfinite, mk.max_consecutive_skips, "method_kwargs.")
+    try:
+        ratio = tuple(float(r) for r in mk.mask_ratio)
+        if len(ratio) != 2:
+            raise ValueError(f"mask_ratio={list(ratio)} must be [min, max]")
+        BlockMaskGenerator((1, 1), mask_prob=float(mk.mask_prob), ratio=ratio)
+    except (TypeError, ValueError) as exc:
+        errors.append(f"method_kwargs mask settings: {exc}")
     if int(mk.mask_min_block) < 1:
         errors.append(f"method_kwargs.mask_min_block={mk.mask_min_block} must be >= 1")
-    if float(mk.warmup_teacher_temperature_epochs) < 0:
-        errors.append(
-            f"method_kwargs.warmup_teacher_temperature_epochs={mk.warmup_teacher_temperature_epochs} "
-            "must be >= 0"
-        )
-    if mk.on_nonfinite not in POLICIES:
-        errors.append(f"method_kwargs.on_nonfinite={mk.on_nonfinite!r}; choose one of {list(POLICIES)}")
-    if int(mk.max_consecutive_skips) < 1:
-        errors.append(f"method_kwargs.max_consecutive_skips={mk.max_consecutive_skips} must be >= 1")
+    epochs = float(mk.warmup_teacher_temp_epochs)
+    if epochs < 0:
+        errors.append(f"method_kwargs.warmup_teacher_temp_epochs={epochs:g} must be >= 0")
+    if epochs > 0 and int(mk.warmup_teacher_temp_steps) > 0:
+        errors.append("set method_kwargs.warmup_teacher_temp_epochs or warmup_teacher_temp_steps, not both")
     if float(mk.clip_grad) < 0:
         errors.append(f"method_kwargs.clip_grad={mk.clip_grad} must be >= 0 (0 disables clipping)")
-    for key in ("proj_hidden_dim", "proj_num_layers"):
-        if int(mk[key]) < 1:
-            errors.append(f"method_kwargs.{key}={mk[key]} must be >= 1")
     large = omegaconf_select(cfg, "data.num_large_crops", None)
     if large is not None and int(large) != 2:
         errors.append(
@@ -176,15 +107,11 @@ def _check_method_kwargs(cfg: omegaconf.DictConfig) -> None:
             "augmentation pipeline's crop_size defines the large crops, give them num_crops "
             "summing to 2 and a different crop_size to the local crops"
         )
-    if not unknown:
-        try:
-            sop_config_from_cfg(cfg).validate(global_batch_size(cfg))
-        except ValueError as exc:  # SOPConfig lists its problems one per "  - " line
-            lines = [ln.strip() for ln in str(exc).splitlines()]
-            items = [ln[2:] for ln in lines if ln.startswith("- ")]
-            errors.extend(items or [str(exc)])
-        except (TypeError, OmegaConfBaseException) as exc:
-            errors.append(f"malformed SOP setting: {exc}")
+    try:
+        sop_config_from_cfg(cfg).validate(global_batch_size(cfg))
+    except ValueError as exc:  # SOPConfig lists its problems one per "  - " line
+        lines = [ln.strip() for ln in str(exc).splitlines()]
+        errors.extend([ln[2:] for ln in lines if ln.startswith("- ")] or [str(exc)])
     if errors:
         raise ValueError("invalid SOP config (method_kwargs):\n  - " + "\n  - ".join(errors))
 
@@ -192,22 +119,12 @@ def _check_method_kwargs(cfg: omegaconf.DictConfig) -> None:
 class SOP(BaseMomentumMethod):
     """Self-Organizing visual Prototypes (Silva, Pedrini and Ramirez Rivera, ICML 2025).
 
-    Extra cfg settings (``method_kwargs``, all optional, see
-    :data:`METHOD_KWARGS_DEFAULTS`):
-        proj_hidden_dim, proj_output_dim, proj_num_layers: the shared SOP head
-            (hidden width, bottleneck = embedding/memory dimension, depth).
-        class_memory_size, class_num_sets, class_num_anchors, class_num_supports,
-        patch_memory_size, patch_num_sets, patch_num_anchors, patch_num_supports,
-        smoothing, mim_weight, koleo_weight, anchor_selection, retrieval: the
-            :class:`~sop_plugin.core.SOPConfig` fields of the same name.
-        student_temperature, teacher_temperature, warmup_teacher_temperature: the
-            temperatures; the teacher's warms up linearly over
-            ``warmup_teacher_temperature_epochs`` epochs (converted to steps).
-        seed: seed of the SOP sets and masks (default: the run's ``seed``).
-        mask_prob, mask_ratio, mask_min_block: block masks of the student's global crops.
-        clip_grad: per-parameter gradient-norm clip of the student (0 = off).
-        on_nonfinite, max_consecutive_skips: a non-finite loss stops training with a
-            message naming the culprit (``stop``), or the step is dropped (``skip``).
+    ``method_kwargs`` (all optional, see :data:`METHOD_KWARGS_DEFAULTS`): every
+    :class:`~sop_plugin.core.SOPConfig` field under its own name (``dim``,
+    ``head_hidden_dim`` and ``head_num_layers`` shape the head shared by [CLS] and patch
+    tokens; ``seed`` defaults to the run's ``seed``), plus :data:`SOLO_ONLY_KEYS`:
+    ``warmup_teacher_temp_epochs`` (converted to steps), the block masks of the student's
+    global crops, ``clip_grad`` and the non-finite loss policy.
     """
 
     def __init__(self, cfg: omegaconf.DictConfig):
@@ -215,33 +132,25 @@ class SOP(BaseMomentumMethod):
         mk = cfg.method_kwargs
         self.sop_cfg: SOPConfig = sop_config_from_cfg(cfg)
         self.clip_grad = float(mk.clip_grad)
-        self.warmup_teacher_temperature_epochs = float(mk.warmup_teacher_temperature_epochs)
-        self.on_nonfinite = str(mk.on_nonfinite)
-        self.max_consecutive_skips = int(mk.max_consecutive_skips)
-        self.skipped_steps = 0
-        self._consecutive_skips = 0
-        self._skip = False
+        self.warmup_teacher_temp_epochs = float(mk.warmup_teacher_temp_epochs)
+        self.nonfinite = NonFiniteGuard(str(mk.on_nonfinite), int(mk.max_consecutive_skips), "method_kwargs.", "SOP")
 
-        head_kwargs = {
-            "in_dim": self.features_dim,
-            "hidden_dim": int(mk.proj_hidden_dim),
-            "bottleneck_dim": self.sop_cfg.dim,
-            "num_layers": int(mk.proj_num_layers),
-        }
-        self.head = SOPHead(**head_kwargs)
-        self.momentum_head = SOPHead(**head_kwargs)
+        c = self.sop_cfg
+        head_kwargs = {"hidden_dim": c.head_hidden_dim, "bottleneck_dim": c.dim, "num_layers": c.head_num_layers}
+        self.head = SOPHead(self.features_dim, **head_kwargs)
+        self.momentum_head = SOPHead(self.features_dim, **head_kwargs)
         initialize_momentum_params(self.head, self.momentum_head)
 
-        self.objective = SOPObjective(self.sop_cfg)
+        self.objective = SOPObjective(c, koleo=KoLeoLoss())
 
         is_vit = isinstance(self.backbone, VisionTransformer)
-        self.use_mim = is_vit and self.sop_cfg.mim_weight > 0
-        if not is_vit and self.sop_cfg.mim_weight > 0:
+        self.use_mim = is_vit and c.mim_weight > 0
+        if not is_vit and c.mim_weight > 0:
             log.warning(
                 "SOP-MIM needs patch tokens from a ViT backbone; %s has none, so SOP trains with "
                 "the global SOP loss only (method_kwargs.mim_weight=%s is ignored)",
                 self.backbone_name,
-                self.sop_cfg.mim_weight,
+                c.mim_weight,
             )
         if self.use_mim:
             self.mask_token = nn.Parameter(torch.zeros(1, 1, self.backbone.embed_dim))
@@ -300,10 +209,7 @@ class SOP(BaseMomentumMethod):
         wrapper = self._masked_vits.get(teacher)
         if wrapper is None or wrapper.vit is not vit:
             wrapper = MaskedVisionTransformerTIMM(
-                vit,
-                mask_token=self.mask_token,
-                weight_initialization="skip",
-                pos_embed_initialization="skip",
+                vit, mask_token=self.mask_token, weight_initialization="skip", pos_embed_initialization="skip"
             )
             self._masked_vits[teacher] = wrapper
         if wrapper.mask_token is not self.mask_token:
@@ -326,9 +232,8 @@ class SOP(BaseMomentumMethod):
     def _draw_masks(self, views: Sequence[Tensor], batch_idx: int) -> list[Tensor]:
         """One bool [B, N] mask per global view; seeded by (seed, step, batch, rank)."""
         step = int(self.trainer.global_step) if self._trainer is not None else 0
-        rank = int(self.global_rank) if self._trainer is not None else 0
-        seed = ((self.sop_cfg.seed * 1_000_003 + step) * 65_537 + batch_idx) * 4_099 + rank
-        gen = torch.Generator().manual_seed(seed % (2**63))
+        seed = mix_seed(self.sop_cfg.seed, step, batch_idx, rank_and_world()[0])
+        gen = torch.Generator().manual_seed(seed)
         masks = []
         for x in views:
             grid = self.patch_grid(x)
@@ -349,9 +254,7 @@ class SOP(BaseMomentumMethod):
             out["z_patches"] = self.head(tokens[:, self.num_prefix_tokens :])
         else:
             feats = self.backbone(X)
-        out.update(
-            {"feats": feats, "logits": self.classifier(feats.detach()), "z": self.head(feats)}
-        )
+        out.update({"feats": feats, "logits": self.classifier(feats.detach()), "z": self.head(feats)})
         return out
 
     def forward(self, X: Tensor) -> dict[str, Any]:
@@ -406,7 +309,7 @@ class SOP(BaseMomentumMethod):
             self.momentum_updater.update_tau(
                 cur_step=self.trainer.global_step, max_steps=self.trainer.estimated_stepping_batches
             )
-        epochs = self.warmup_teacher_temperature_epochs
+        epochs = self.warmup_teacher_temp_epochs
         if epochs > 0:
             steps_per_epoch = self.trainer.estimated_stepping_batches / max(1, self.max_epochs)
             self.objective.cfg.warmup_teacher_temp_steps = int(round(epochs * steps_per_epoch))
@@ -416,32 +319,23 @@ class SOP(BaseMomentumMethod):
         _, X, _ = batch
         X = [X] if isinstance(X, Tensor) else X
         masks = self._draw_masks(X[: self.num_large_crops], batch_idx) if self.use_mim else []
-        snapshot = snapshot_buffers(self.objective) if self.on_nonfinite == "skip" else None
+        self.nonfinite.snapshot(self.objective)
         self._pending_masks = list(masks)
         try:
             out = super().training_step(batch, batch_idx)
         finally:
             self._pending_masks = []
 
-        student_patches = teacher_patches = stacked_masks = None
+        patches = (None, None, None)
         if self.use_mim:
-            student_patches = torch.stack(out["z_patches"])
-            teacher_patches = torch.stack(out["momentum_z_patches"])
-            stacked_masks = torch.stack(masks)
-        result = self.objective(
-            torch.stack(out["z"]),
-            torch.stack(out["momentum_z"]),
-            student_patches,
-            teacher_patches,
-            stacked_masks,
-            step=int(self.trainer.global_step),
-        )
+            patches = tuple(torch.stack(out[k]) for k in ("z_patches", "momentum_z_patches"))
+            patches += (torch.stack(masks),)
+        step = int(self.trainer.global_step)
+        result = self.objective(torch.stack(out["z"]), torch.stack(out["momentum_z"]), *patches, step=step)
         total = result.loss + out["loss"]
-        self._skip = not finite_on_all_ranks(total)
-        if self._skip:
-            self._on_nonfinite(total, out["loss"], snapshot)
+        if not self.nonfinite.check(total, step, lambda: self._explain_nonfinite(out["loss"]), self._checkpoint_hint):
+            self.log("train_sop_skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
             return total  # its gradients are dropped in on_before_optimizer_step
-        self._consecutive_skips = 0
         metrics = {
             "train_sop_loss": result.loss,
             "train_sop_cls_loss": result.cls_loss,
@@ -451,52 +345,33 @@ class SOP(BaseMomentumMethod):
             metrics["train_sop_koleo_loss"] = result.koleo_loss
         self.log_dict(metrics, on_epoch=True, sync_dist=True)
         extras = {"sop_teacher_temp": result.teacher_temp}
-        extras.update(
-            {k if k.startswith("sop_") else f"sop_{k}": v for k, v in result.stats.items()}
-        )
+        extras.update({k if k.startswith("sop_") else f"sop_{k}": v for k, v in result.stats.items()})
         self.log_dict(extras, on_epoch=False, on_step=True)
         return total
 
     # ------------------------------------------------------------------ non-finite losses
-    def _last_checkpoint(self) -> str | None:
+    @property
+    def skipped_steps(self) -> int:
+        """Steps dropped at a non-finite loss (``method_kwargs.on_nonfinite=skip``)."""
+        return self.nonfinite.skipped_steps
+
+    def _explain_nonfinite(self, solo_loss: Tensor) -> str:
+        sop = self.objective.explain_nonfinite()
+        if bool(torch.isfinite(solo_loss.detach()).all()):
+            return sop
+        return f"solo-learn's online classifier loss is {float(solo_loss):.4g}; SOP: {sop}"
+
+    def _checkpoint_hint(self) -> str:
         """The newest checkpoint solo-learn's Checkpointer wrote in this run, if any."""
         for callback in self.trainer.callbacks:
             path = getattr(callback, "last_ckpt", None)
             if path:
-                return str(path)
-        return None
-
-    def _on_nonfinite(self, total: Tensor, solo_loss: Tensor, snapshot: dict[str, Tensor] | None) -> None:
-        """Stop with a message naming the culprit, or (``skip``) undo the memories' update."""
-        step = int(self.trainer.global_step)
-        if bool(torch.isfinite(total.detach()).all()):
-            what = "on another DDP rank (see that rank's message)"
-        elif not bool(torch.isfinite(solo_loss.detach()).all()):
-            what = (f"solo-learn's online classifier loss is {float(solo_loss):.4g}; SOP: "
-                    f"{self.objective.explain_nonfinite()}")
-        else:
-            what = self.objective.explain_nonfinite()
-        ckpt = self._last_checkpoint()
-        hint = (f"last good checkpoint: {ckpt} (resume with ++resume_from_checkpoint='{ckpt}' after the fix)"
-                if ckpt else "no checkpoint written yet in this run")
-        where = f"non-finite SOP loss at step {step}: {what}; {hint}"
-        if self.on_nonfinite != "skip":
-            raise NonFiniteLossError(f"{where}. Fix the cause or set method_kwargs.on_nonfinite=skip")
-        if self._consecutive_skips >= self.max_consecutive_skips:
-            raise NonFiniteLossError(f"{where}. {self._consecutive_skips} consecutive steps were already "
-                                     "skipped (method_kwargs.max_consecutive_skips): training is not recovering")
-        assert snapshot is not None
-        restore_buffers(self.objective, snapshot)
-        self.skipped_steps += 1
-        self._consecutive_skips += 1
-        log.warning("method_kwargs.on_nonfinite=skip: skipped step %d (%d so far): %s", step,
-                    self.skipped_steps, where)
-        self.log("train_sop_skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
+                return f"last good checkpoint: {path} (resume with ++resume_from_checkpoint='{path}' after the fix)"
+        return "no checkpoint written yet in this run"
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """A skipped step updates nothing: parameters without gradients are left alone."""
-        if self._skip:
-            optimizer.zero_grad(set_to_none=True)
+        self.nonfinite.drop_gradients(optimizer)
 
     def on_after_backward(self) -> None:
         """Clips each student parameter's gradient norm to ``clip_grad`` (when > 0)."""

@@ -8,12 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from benchutil import bench_config
 
 from sop_plugin.bench.evaluation import knn_top1
 from sop_plugin.bench.module import BenchModule
 from sop_plugin.bench.report import validate_results
 from sop_plugin.bench.runner import run
+from tests.tinydata import bench_config
+
+#: subprocess, DDP or full-fit tests: left out of `make test-fast`
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -47,16 +50,26 @@ def test_knn_recomputed_from_embeddings_matches(bench_out: Path) -> None:
     for method, r in results["methods"].items():
         emb = np.load(bench_out / "embeddings" / f"{method}.npz")
         assert emb["train_x"].dtype == np.float32 and emb["train_x"].shape == (96, 32)
-        acc = knn_top1(torch.from_numpy(emb["train_x"]), torch.from_numpy(emb["train_y"]),
-                       torch.from_numpy(emb["test_x"]), torch.from_numpy(emb["test_y"]), k=20, temperature=0.07)
+        acc = knn_top1(
+            torch.from_numpy(emb["train_x"]),
+            torch.from_numpy(emb["train_y"]),
+            torch.from_numpy(emb["test_x"]),
+            torch.from_numpy(emb["test_y"]),
+            k=20,
+            temperature=0.07,
+        )
         assert abs(acc - r["knn_top1"]) < 0.5
 
 
 def test_checkpoint_holds_sop_memories(bench_out: Path) -> None:
     ckpt = torch.load(bench_out / "sop" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     keys = ckpt["state_dict"].keys()
-    for k in ("objective.objective.class_memory.bank", "objective.objective.class_memory.ptr",
-              "objective.objective.patch_memory.bank", "objective.objective.patch_memory.ptr"):
+    for k in (
+        "objective.objective.class_memory.bank",
+        "objective.objective.class_memory.ptr",
+        "objective.objective.patch_memory.bank",
+        "objective.objective.patch_memory.ptr",
+    ):
         assert k in keys
     assert int(ckpt["state_dict"]["objective.objective.class_memory.ptr"]) == 3 * 16
 

@@ -12,13 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from sop_plugin.bench.corruptions import CORRUPTIONS, corrupt
-from sop_plugin.bench.evaluation import (
-    extract_features,
-    knn_top1,
-    linear_probe,
-    raw_pixel_features,
-    retrieval_metrics,
-)
+from sop_plugin.bench.evaluation import extract_features, knn_top1, linear_probe, raw_pixel_features, retrieval_metrics
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -53,10 +47,7 @@ def test_knn_k_larger_than_train_set_is_a_clear_error() -> None:
 def test_knn_chunking_matches_unchunked_reference() -> None:
     gen = torch.Generator().manual_seed(0)
     train_x, test_x = torch.randn(200, 8, generator=gen), torch.randn(50, 8, generator=gen)
-    train_y, test_y = (
-        torch.randint(0, 4, (200,), generator=gen),
-        torch.randint(0, 4, (50,), generator=gen),
-    )
+    train_y, test_y = (torch.randint(0, 4, (200,), generator=gen), torch.randint(0, 4, (50,), generator=gen))
     sim = F.normalize(test_x, dim=1) @ F.normalize(train_x, dim=1).T
     top_sim, top_idx = sim.topk(5, dim=1)
     votes = torch.zeros(50, 4).scatter_add_(1, train_y[top_idx], (top_sim / 0.07).exp())

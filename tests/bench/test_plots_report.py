@@ -111,8 +111,10 @@ def _sweep_run(root: Path, lr: float, knn: dict[str, float], seed: int = 0) -> P
 def test_sweep_table_best_value_and_plot(tmp_path: Path) -> None:
     from sop_plugin.bench.sweep import load_runs, summarize_sweep, write_sweep
 
-    runs = [_sweep_run(tmp_path, 2e-3, {"sop": 70.0, "dino": 75.0, "ibot": 71.0}),
-            _sweep_run(tmp_path, 5e-4, {"sop": 72.0, "dino": 73.0, "ibot": 74.0})]
+    runs = [
+        _sweep_run(tmp_path, 2e-3, {"sop": 70.0, "dino": 75.0, "ibot": 71.0}),
+        _sweep_run(tmp_path, 5e-4, {"sop": 72.0, "dino": 73.0, "ibot": 74.0}),
+    ]
     summary = summarize_sweep(load_runs(runs, "optim.lr"), "optim.lr")
     assert summary["values"] == [5e-4, 2e-3]  # sorted
     assert summary["methods"]["sop"]["knn_top1"] == [72.0, 70.0]

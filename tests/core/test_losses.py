@@ -2,9 +2,10 @@
 
 import pytest
 import torch
-from reference import ref_assign, ref_build, ref_global_loss, ref_mim_loss
+from lightly.loss import KoLeoLoss
 
-from sop_plugin.core import SOPConfig, SOPObjective, koleo_loss, sop_global_loss, sop_mim_loss
+from sop_plugin.core import SOPConfig, SOPObjective, sop_global_loss, sop_mim_loss
+from tests.core.reference import ref_assign, ref_build, ref_global_loss, ref_mim_loss
 
 
 def unit(*shape: int, seed: int) -> torch.Tensor:
@@ -13,8 +14,18 @@ def unit(*shape: int, seed: int) -> torch.Tensor:
 
 
 def small_cfg(**kw) -> SOPConfig:
-    base = dict(dim=32, class_memory_size=256, patch_memory_size=128, class_num_sets=2, class_num_anchors=8,
-                class_num_supports=3, patch_num_sets=2, patch_num_anchors=6, patch_num_supports=2, seed=3)
+    base = dict(
+        dim=32,
+        class_memory_size=256,
+        patch_memory_size=128,
+        class_num_sets=2,
+        class_num_anchors=8,
+        class_num_supports=3,
+        patch_num_sets=2,
+        patch_num_anchors=6,
+        patch_num_supports=2,
+        seed=3,
+    )
     base.update(kw)
     return SOPConfig(**base)
 
@@ -23,7 +34,9 @@ def test_global_loss_matches_reference_pairs() -> None:
     g = torch.Generator().manual_seed(0)
     s = torch.softmax(torch.randn(3, 4, 5, 7, generator=g, dtype=torch.float64), -1)
     t = torch.softmax(torch.randn(3, 2, 5, 7, generator=g, dtype=torch.float64), -1)
-    ref = ref_global_loss([[s[i, v] for v in range(4)] for i in range(3)], [[t[i, v] for v in range(2)] for i in range(3)])
+    ref = ref_global_loss(
+        [[s[i, v] for v in range(4)] for i in range(3)], [[t[i, v] for v in range(2)] for i in range(3)]
+    )
     assert abs(float(sop_global_loss(s, t)) - ref) < 1e-10
 
 
@@ -36,7 +49,9 @@ def test_mim_loss_matches_reference() -> None:
     m = masks.reshape(-1)
     image_index = torch.arange(6).repeat_interleave(6)[m]
     got = sop_mim_loss(s.reshape(2, -1, 5)[:, m], t.reshape(2, -1, 5)[:, m], image_index, 6)
-    ref = ref_mim_loss([[s[i, gv] for gv in range(2)] for i in range(2)], [[t[i, gv] for gv in range(2)] for i in range(2)], masks)
+    ref = ref_mim_loss(
+        [[s[i, gv] for gv in range(2)] for i in range(2)], [[t[i, gv] for gv in range(2)] for i in range(2)], masks
+    )
     assert abs(float(got) - ref) < 1e-10
 
 
@@ -61,8 +76,15 @@ def _objective_reference(obj: SOPObjective, s_cls, t_cls, s_p, t_p, masks, step)
     for sop in patch_sets:
         anchor_rows = sop.memory_index.view(c.patch_num_anchors, -1)[:, 0].tolist()
         d_ref, y_ref = ref_build(obj.patch_memory.bank, anchor_rows, c.patch_num_supports, c.smoothing)
-        sp_all.append([torch.stack([ref_assign(s_p[g, b], d_ref, y_ref, c.student_temp) for b in range(s_p.shape[1])]) for g in range(2)])
-        tp_all.append([torch.stack([ref_assign(t_p[g, b], d_ref, y_ref, t_temp) for b in range(t_p.shape[1])]) for g in range(2)])
+        sp_all.append(
+            [
+                torch.stack([ref_assign(s_p[g, b], d_ref, y_ref, c.student_temp) for b in range(s_p.shape[1])])
+                for g in range(2)
+            ]
+        )
+        tp_all.append(
+            [torch.stack([ref_assign(t_p[g, b], d_ref, y_ref, t_temp) for b in range(t_p.shape[1])]) for g in range(2)]
+        )
     return cls_ref, ref_mim_loss(sp_all, tp_all, masks)
 
 
@@ -113,16 +135,21 @@ def test_objective_updates_memories_and_same_step_same_sets() -> None:
 
 
 def test_objective_without_patches_and_koleo() -> None:
-    obj = SOPObjective(small_cfg(koleo_weight=0.1))
+    with pytest.raises(ValueError, match="koleo_weight=0.1 needs a KoLeo loss module"):
+        SOPObjective(small_cfg(koleo_weight=0.1))
+    obj = SOPObjective(small_cfg(koleo_weight=0.1), koleo=KoLeoLoss())
     out = obj(unit(2, 5, 32, seed=1).float(), unit(2, 5, 32, seed=2).float(), step=0)
     assert float(out.mim_loss) == 0.0 and float(out.koleo_loss) != 0.0
     assert 0 < out.stats["sop_usage_entropy"] <= 1.0 + 1e-6
 
 
-def test_koleo_prefers_spread_points() -> None:
-    spread = torch.eye(4)
-    clumped = torch.nn.functional.normalize(torch.eye(4) * 0.1 + 1.0, dim=1)
-    assert koleo_loss(spread) < koleo_loss(clumped)
+def test_koleo_term_is_lightlys_koleo_of_the_global_views() -> None:
+    obj = SOPObjective(small_cfg(koleo_weight=0.5), koleo=KoLeoLoss())
+    s_cls = unit(2, 5, 32, seed=1).float()
+    out = obj(s_cls, unit(2, 5, 32, seed=2).float(), step=0)
+    expected = (KoLeoLoss()(s_cls[0]) + KoLeoLoss()(s_cls[1])) / 2
+    torch.testing.assert_close(out.koleo_loss, expected)
+    torch.testing.assert_close(out.loss, out.cls_loss + 0.5 * expected)
 
 
 @pytest.mark.parametrize(
@@ -153,11 +180,21 @@ def test_objective_rejects_wrong_dim_and_shapes() -> None:
     with pytest.raises(ValueError, match="dim"):
         obj(torch.randn(2, 3, 16), torch.randn(2, 3, 16))
     with pytest.raises(ValueError, match="dense patch outputs"):
-        obj(unit(2, 3, 32, seed=0).float(), unit(2, 3, 32, seed=0).float(), unit(2, 3, 4, 32, seed=0).float(),
-            unit(2, 3, 4, 32, seed=0).float(), torch.ones(2, 3, 5, dtype=torch.bool))
+        obj(
+            unit(2, 3, 32, seed=0).float(),
+            unit(2, 3, 32, seed=0).float(),
+            unit(2, 3, 4, 32, seed=0).float(),
+            unit(2, 3, 4, 32, seed=0).float(),
+            torch.ones(2, 3, 5, dtype=torch.bool),
+        )
     with pytest.raises(ValueError, match="masks must be bool"):
-        obj(unit(2, 3, 32, seed=0).float(), unit(2, 3, 32, seed=0).float(), unit(2, 3, 4, 32, seed=0).float(),
-            unit(2, 3, 4, 32, seed=0).float(), torch.ones(2, 3, 4))
+        obj(
+            unit(2, 3, 32, seed=0).float(),
+            unit(2, 3, 32, seed=0).float(),
+            unit(2, 3, 4, 32, seed=0).float(),
+            unit(2, 3, 4, 32, seed=0).float(),
+            torch.ones(2, 3, 4),
+        )
 
 
 def test_preselected_patches_equal_dense_patches() -> None:
@@ -167,8 +204,15 @@ def test_preselected_patches_equal_dense_patches() -> None:
     masks = torch.rand(2, 5, 9, generator=torch.Generator().manual_seed(5)) < 0.5
     out_dense = dense(s_cls, t_cls, s_p, t_p, masks, step=3)
     masked, memory = pre.select_patches(masks, step=3)
-    out_pre = pre(s_cls, t_cls, s_p.reshape(-1, 32)[masked], t_p.reshape(-1, 32)[masked], masks, step=3,
-                  memory_patches=t_p[0].reshape(-1, 32)[memory])
+    out_pre = pre(
+        s_cls,
+        t_cls,
+        s_p.reshape(-1, 32)[masked],
+        t_p.reshape(-1, 32)[masked],
+        masks,
+        step=3,
+        memory_patches=t_p[0].reshape(-1, 32)[memory],
+    )
     assert torch.allclose(out_dense.loss, out_pre.loss)
     assert torch.equal(dense.patch_memory.bank, pre.patch_memory.bank)
     with pytest.raises(ValueError, match="one row per masked patch"):

@@ -66,7 +66,7 @@ def test_torch_chunked_equals_unchunked() -> None:
     s2, i2 = get_retrieval("torch").search(q, pool, 5, exclude=ex)
     assert torch.equal(i1, i2)
     torch.testing.assert_close(s1, s2)
-    brute = (q @ pool.T)
+    brute = q @ pool.T
     brute[:, ex] = -2
     torch.testing.assert_close(s2, brute.topk(5, dim=1).values)
 

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from reference import ref_assign, ref_build
 
-from sop_plugin.core import SOPSet, assign, build_sops, get_retrieval, sample_anchors, vote_matrix
+from sop_plugin.core import SOPSet, assign, build_sops, get_retrieval, sample_anchors
+from tests.core.reference import ref_assign, ref_build
 
 
 def unit(n: int, d: int, seed: int, dtype=torch.float64) -> torch.Tensor:
@@ -124,8 +124,12 @@ def test_no_gradient_reaches_memory() -> None:
     ],
 )
 def test_build_sops_rejects_bad_input(kwargs: dict, match: str) -> None:
-    args = {"memory": unit(50, 4, seed=15, dtype=torch.float32), "anchor_idx": torch.tensor([0, 1, 2]),
-            "num_supports": 2, "smoothing": 0.1}
+    args = {
+        "memory": unit(50, 4, seed=15, dtype=torch.float32),
+        "anchor_idx": torch.tensor([0, 1, 2]),
+        "num_supports": 2,
+        "smoothing": 0.1,
+    }
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         build_sops(**args)
@@ -155,7 +159,7 @@ def test_sample_anchors_uniform_and_unique() -> None:
 def test_vote_matrix_rows_sum_to_one() -> None:
     owner = torch.tensor([0, 0, 1, 2])
     w = torch.tensor([0.9, 0.3, 1.0, 0.0])
-    y = vote_matrix(owner, w, 3)
+    y = SOPSet(torch.zeros(4, 2), owner, w, torch.arange(4), num_sops=3).votes
     torch.testing.assert_close(y.sum(1), torch.ones(4))
     assert y[2, 1] == 1.0 and y[2, 0] == 0.0 and y[3, 2] == 0.0 and y[3, 0] == 0.5
     assert isinstance(build_sops(torch.eye(4), torch.tensor([0, 1]), 1, 0.1), SOPSet)

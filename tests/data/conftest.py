@@ -64,8 +64,6 @@ def make_dataset() -> Callable[..., ArrayDataset]:
         g = torch.Generator().manual_seed(seed)
         images = torch.randint(0, 256, (n, channels, size, size), generator=g, dtype=torch.uint8)
         labels = torch.arange(n, dtype=torch.int64) % len(class_names)
-        return ArrayDataset(
-            "tiny", split, images, labels, class_names, (0.5,) * channels, (0.25,) * channels
-        )
+        return ArrayDataset("tiny", split, images, labels, class_names, (0.5,) * channels, (0.25,) * channels)
 
     return make

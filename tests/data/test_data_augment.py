@@ -9,9 +9,7 @@ from sop_plugin.data import EvalTransform, MultiCropAugment, ops
 
 
 def _batch(n: int = 6, c: int = 1, h: int = 28, w: int = 28, seed: int = 0) -> torch.Tensor:
-    return torch.randint(
-        0, 256, (n, c, h, w), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8
-    )
+    return torch.randint(0, 256, (n, c, h, w), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -19,9 +17,7 @@ def test_views_shapes_dtype_and_order(channels: int) -> None:
     aug = MultiCropAugment(24, 10, 3, mean=(0.5,) * channels, std=(0.25,) * channels)
     views = aug(_batch(c=channels), torch.Generator().manual_seed(0))
     assert aug.num_views == len(views) == 5
-    assert [tuple(v.shape) for v in views] == [(6, channels, 24, 24)] * 2 + [
-        (6, channels, 10, 10)
-    ] * 3
+    assert [tuple(v.shape) for v in views] == [(6, channels, 24, 24)] * 2 + [(6, channels, 10, 10)] * 3
     assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in views)
 
 
@@ -36,9 +32,7 @@ def test_deterministic_given_generator() -> None:
 
 
 def test_values_stay_in_unit_range_before_normalisation() -> None:
-    aug = MultiCropAugment(
-        20, 12, 2, brightness=0.8, contrast=0.8, solarize_prob=(1, 1, 1), mean=(0.0,), std=(1.0,)
-    )
+    aug = MultiCropAugment(20, 12, 2, brightness=0.8, contrast=0.8, solarize_prob=(1, 1, 1), mean=(0.0,), std=(1.0,))
     views = aug(_batch(n=32, c=3), torch.Generator().manual_seed(1))
     assert all(v.min() >= 0.0 and v.max() <= 1.0 for v in views)
 
@@ -55,9 +49,7 @@ def test_no_local_views_and_input_checks() -> None:
 
 
 def test_large_images_are_downscaled_without_error() -> None:
-    views = MultiCropAugment(16, 8, 1)(
-        _batch(n=2, c=3, h=96, w=64), torch.Generator().manual_seed(0)
-    )
+    views = MultiCropAugment(16, 8, 1)(_batch(n=2, c=3, h=96, w=64), torch.Generator().manual_seed(0))
     assert views[0].shape == (2, 3, 16, 16) and views[2].shape == (2, 3, 8, 8)
 
 

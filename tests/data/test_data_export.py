@@ -55,10 +55,7 @@ def test_cli_export_list_info_and_errors(tmp_path: Path, idx_dir, capsys) -> Non
     path, _ = idx_dir
     out = tmp_path / "out"
     assert main(["export", "fashion-mnist", str(out), "--limit", "7", "--path", str(path)]) == 0
-    assert (
-        len(list((out / "train").rglob("*.png"))) == 7
-        and len(list((out / "val").rglob("*.png"))) == 7
-    )
+    assert len(list((out / "train").rglob("*.png"))) == 7 and len(list((out / "val").rglob("*.png"))) == 7
     assert (out / "train" / "T-shirt_top").is_dir()
     assert main(["list"]) == 0
     assert "fashion-mnist" in capsys.readouterr().out

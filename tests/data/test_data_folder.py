@@ -35,15 +35,10 @@ def test_flat_folder_skips_corrupt_and_warns(tmp_path: Path, caplog) -> None:
     assert "skipped 1 unreadable" in caplog.text
     assert len(train) + len(test) == 10
     assert train.class_names == ("cat", "dog") and train.images.shape[1:] == (1, 6, 6)
-    values = sorted(
-        int(x) for x in np.concatenate([train.images[:, 0, 0, 0], test.images[:, 0, 0, 0]])
-    )
+    values = sorted(int(x) for x in np.concatenate([train.images[:, 0, 0, 0], test.images[:, 0, 0, 0]]))
     assert values == [0, 1, 2, 3, 4, 10, 11, 12, 13, 14]
     for ds in (train, test):  # label follows the folder
-        assert all(
-            (int(v) >= 10) == bool(lab)
-            for v, lab in zip(ds.images[:, 0, 0, 0], ds.labels, strict=True)
-        )
+        assert all((int(v) >= 10) == bool(lab) for v, lab in zip(ds.images[:, 0, 0, 0], ds.labels, strict=True))
 
 
 def test_too_many_corrupt_files_fail(tmp_path: Path) -> None:

@@ -18,9 +18,7 @@ def test_uint8_round_trip_plain_and_gzip(tmp_path: Path, name: str) -> None:
     out = read_idx_images(tmp_path / name)
     assert out.dtype == np.uint8 and out.flags.writeable
     np.testing.assert_array_equal(out, images)
-    assert (tmp_path / name).read_bytes()[:2] == (
-        b"\x1f\x8b" if name.endswith(".gz") else b"\x00\x00"
-    )
+    assert (tmp_path / name).read_bytes()[:2] == (b"\x1f\x8b" if name.endswith(".gz") else b"\x00\x00")
 
 
 def test_gzip_detected_from_content_not_name(tmp_path: Path) -> None:

@@ -26,15 +26,7 @@ from sop_plugin.data.sources import animal, idx_sets
 def test_registry_lists_every_dataset_default_first() -> None:
     names = list_datasets()
     assert names[0] == DEFAULT_DATASET == "fashion-mnist"
-    assert set(names) == {
-        "fashion-mnist",
-        "mnist",
-        "animal-mnist",
-        "image-folder",
-        "cifar10",
-        "cifar100",
-        "stl10",
-    }
+    assert set(names) == {"fashion-mnist", "mnist", "animal-mnist", "image-folder", "cifar10", "cifar100", "stl10"}
 
 
 def test_unknown_name_and_split() -> None:
@@ -64,9 +56,7 @@ def test_fashion_mnist_from_generated_idx(idx_dir: tuple[Path, dict]) -> None:
     assert image.shape == (1, 28, 28) and label == 3
 
 
-def test_fashion_mnist_missing_names_setting_and_install_command(
-    tmp_path: Path, monkeypatch
-) -> None:
+def test_fashion_mnist_missing_names_setting_and_install_command(tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(DatasetNotFoundError) as info:
         get_dataset("fashion-mnist", path=tmp_path)
     message = str(info.value)

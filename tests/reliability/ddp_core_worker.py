@@ -1,7 +1,7 @@
 """One training run of SOPObjective + a tiny ViT on fixed data, on one rank of W (gloo) or alone.
 
 Used by ``test_ddp_core.py`` through ``torch.multiprocessing.spawn``; imports only torch
-and ``sop_plugin.core`` so that the spawned processes start quickly.
+and ``sop_plugin.core`` (+ the bench's masked ViT) so that the spawned processes start quickly.
 """
 
 from __future__ import annotations
@@ -13,21 +13,25 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from sop_plugin.core import (
-    BlockMaskGenerator,
-    MaskedEncoder,
-    SOPConfig,
-    SOPHead,
-    SOPObjective,
-    build_vit,
-    ema_update,
-)
+from sop_plugin.bench.encoder import MaskedEncoder, build_vit
+from sop_plugin.core import BlockMaskGenerator, SOPConfig, SOPHead, SOPObjective, ema_update
 
 GLOBAL_BATCH = 8
 STEPS = 10
-SOP = SOPConfig(dim=32, class_memory_size=64, patch_memory_size=64, class_num_sets=2, class_num_anchors=8,
-                class_num_supports=2, patch_num_sets=2, patch_num_anchors=8, patch_num_supports=1,
-                warmup_teacher_temp_steps=5, koleo_weight=0.0, seed=3)
+SOP = SOPConfig(
+    dim=32,
+    class_memory_size=64,
+    patch_memory_size=64,
+    class_num_sets=2,
+    class_num_anchors=8,
+    class_num_supports=2,
+    patch_num_sets=2,
+    patch_num_anchors=8,
+    patch_num_supports=1,
+    warmup_teacher_temp_steps=5,
+    koleo_weight=0.0,
+    seed=3,
+)
 
 
 class Student(nn.Module):
@@ -75,8 +79,7 @@ def train(rank: int, world: int, out: Path, port: int) -> None:
     opt = torch.optim.AdamW(student.parameters(), lr=1e-3, weight_decay=0.04, eps=1e-6)
     b = GLOBAL_BATCH // world
     part = slice(rank * b, (rank + 1) * b)
-    record: dict[str, list[Tensor]] = {"loss": [], "class_bank": [], "patch_bank": [], "class_ptr": [],
-                                       "patch_ptr": []}
+    record: dict[str, list[Tensor]] = {"loss": [], "class_bank": [], "patch_bank": [], "class_ptr": [], "patch_ptr": []}
     for step in range(STEPS):
         globals_, local, masks = fixed_batch(step)
         globals_, local, masks = globals_[:, part], local[:, part], masks[:, part]

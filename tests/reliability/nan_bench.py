@@ -10,8 +10,7 @@ import os
 from typing import Any
 
 from sop_plugin.bench import cli
-from sop_plugin.bench.distributed import rank_and_world
-from sop_plugin.core import SOPObjective
+from sop_plugin.core import SOPObjective, rank_and_world
 
 _forward = SOPObjective.forward
 

@@ -18,12 +18,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from relutil import LossRecorder, assert_states_close, overrides, state_of, tiny_config
 
 from sop_plugin.bench.runner import fit_method, load_data
-from sop_plugin.core.checkpoint import load_checkpoint
+from sop_plugin.runtime import load_checkpoint
+from tests.reliability.relutil import LossRecorder, assert_states_close, overrides, state_of, tiny_config
 
-# (optim.eps=1e-6 comes with the tiny config: see relutil.TINY)
+#: subprocess, DDP or full-fit tests: left out of `make test-fast`
+pytestmark = pytest.mark.slow
+
+# (optim.eps=1e-4 comes with the tiny config: see tinydata.TINY_RUN)
 COMMON = ["train.epochs=1"]
 
 
@@ -33,15 +36,34 @@ def _step_losses(metrics: Path) -> dict[int, float]:
 
 
 @pytest.fixture(scope="module")
-def ddp_run(idx_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def ddp_run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The CLI on 2 processes, without ``out=``: both ranks must agree on rank 0's timestamped directory."""
     cwd = tmp_path_factory.mktemp("ddp")
-    args = [a for a in overrides(cwd, idx_data, [*COMMON, "methods=[sop,dino,ibot]", "train.batch_size=8",
-                                                 "trainer.devices=2", "trainer.strategy=ddp", "trainer.accelerator=cpu"])
-            if not a.startswith("out=")]
+    args = [
+        a
+        for a in overrides(
+            cwd,
+            tiny_data,
+            [
+                *COMMON,
+                "methods=[sop,dino,ibot]",
+                "train.batch_size=8",
+                "trainer.devices=2",
+                "trainer.strategy=ddp",
+                "trainer.accelerator=cpu",
+            ],
+        )
+        if not a.startswith("out=")
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([sys.executable, "-m", "sop_plugin.bench.cli", *args], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sop_plugin.bench.cli", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = list((cwd / "runs" / "bench").iterdir())
     assert len(runs) == 1, runs  # rank 1 wrote into rank 0's directory, not a timestamped one of its own
@@ -57,8 +79,8 @@ def test_ddp_bench_cli_runs_and_rank0_reports(ddp_run: Path) -> None:
 
 
 @pytest.mark.parametrize("method", ["sop", "dino", "ibot"])
-def test_ddp_bench_matches_one_process(method: str, ddp_run: Path, idx_data: Path, tmp_path: Path) -> None:
-    cfg = tiny_config(tmp_path, idx_data, [*COMMON, f"methods=[{method}]", "train.batch_size=16", "train.rng_chunk=8"])
+def test_ddp_bench_matches_one_process(method: str, ddp_run: Path, tiny_data: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path, tiny_data, [*COMMON, f"methods=[{method}]", "train.batch_size=16", "train.rng_chunk=8"])
     train, test = load_data(cfg)
     rec = LossRecorder()
     fitted = fit_method(method, cfg, train, test, tmp_path, callbacks=[rec])

@@ -11,9 +11,14 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import pytest
 import torch
 import torch.multiprocessing as mp
-from ddp_core_worker import STEPS, train
+
+from tests.reliability.ddp_core_worker import STEPS, train
+
+#: subprocess, DDP or full-fit tests: left out of `make test-fast`
+pytestmark = pytest.mark.slow
 
 
 def _free_port() -> int:
@@ -31,7 +36,10 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
     one, two = single["record"], ranks[0]["record"]
     for step in range(STEPS):
         assert torch.allclose(two["loss"][step], one["loss"][step], atol=1e-5, rtol=0), (
-            step, float(two["loss"][step]), float(one["loss"][step]))
+            step,
+            float(two["loss"][step]),
+            float(one["loss"][step]),
+        )
         for key in ("class_bank", "patch_bank", "class_ptr", "patch_ptr"):
             # every rank holds the same memory after every step ...
             assert torch.equal(ranks[0]["record"][key][step], ranks[1]["record"][key][step]), (key, step)

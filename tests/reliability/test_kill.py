@@ -17,11 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.fabric.plugins.io import torch_io
-from relutil import LossRecorder, assert_states_close, overrides, state_of, tiny_config
 
 from sop_plugin.bench.runner import check_resume, fit_method, load_data
-from sop_plugin.core.checkpoint import CheckpointError, load_checkpoint
-from sop_plugin.training import AtomicCheckpointIO
+from sop_plugin.runtime import AtomicCheckpointIO, CheckpointError, load_checkpoint
+from tests.reliability.relutil import LossRecorder, assert_states_close, overrides, state_of, tiny_config
+
+#: subprocess, DDP or full-fit tests: left out of `make test-fast`
+pytestmark = pytest.mark.slow
 
 HERE = Path(__file__).parent
 
@@ -40,13 +42,19 @@ def _wait_for_checkpoint(path: Path, min_step: int, proc: subprocess.Popen, time
     pytest.fail(f"no checkpoint at step >= {min_step} within {timeout} s")
 
 
-def test_kill_mid_epoch_then_resume_matches_uninterrupted(straight: tuple[dict[int, float], dict, Path],
-                                                          idx_data: Path, tmp_path: Path) -> None:
+def test_kill_mid_epoch_then_resume_matches_uninterrupted(
+    straight: tuple[dict[int, float], dict, Path], tiny_data: Path, tmp_path: Path
+) -> None:
     losses, final, _ = straight
-    args = overrides(tmp_path, idx_data, ["train.checkpoint_every_n_steps=2"])
+    args = overrides(tmp_path, tiny_data, ["train.checkpoint_every_n_steps=2"])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(HERE / "slow_bench.py"), *args], env=env, cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "slow_bench.py"), *args],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     last = tmp_path / "sop" / "checkpoints" / "last.ckpt"
     try:
         _wait_for_checkpoint(last, 8, proc)  # step 8: two steps into the second epoch
@@ -57,7 +65,7 @@ def test_kill_mid_epoch_then_resume_matches_uninterrupted(straight: tuple[dict[i
     saved = load_checkpoint(last)["global_step"]
     assert 8 <= saved < 12 and saved % 2 == 0
 
-    cfg = tiny_config(tmp_path, idx_data, ["train.checkpoint_every_n_steps=2", f"resume={tmp_path}"])
+    cfg = tiny_config(tmp_path, tiny_data, ["train.checkpoint_every_n_steps=2", f"resume={tmp_path}"])
     paths = check_resume(cfg)
     train, test = load_data(cfg)
     rec = LossRecorder()
@@ -68,15 +76,19 @@ def test_kill_mid_epoch_then_resume_matches_uninterrupted(straight: tuple[dict[i
     assert_states_close(state_of(fitted.module), final, atol=1e-6)
 
 
-def test_kill_ddp_run_then_resume_in_ddp_matches_one_process(idx_data: Path, tmp_path: Path) -> None:
+def test_kill_ddp_run_then_resume_in_ddp_matches_one_process(tiny_data: Path, tmp_path: Path) -> None:
     """SIGKILL both ranks of a 2-process run mid-epoch, resume it with 2 processes: the final
     state equals a 1-process run on the same global batches (batch 16, rng_chunk 8)."""
-    ddp = ["train.checkpoint_every_n_steps=2", "train.batch_size=8", "trainer.devices=2",
-           "trainer.strategy=ddp"]
+    ddp = ["train.checkpoint_every_n_steps=2", "train.batch_size=8", "trainer.devices=2", "trainer.strategy=ddp"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(HERE / "slow_bench.py"), *overrides(tmp_path, idx_data, ddp)],
-                            env=env, cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "slow_bench.py"), *overrides(tmp_path, tiny_data, ddp)],
+        env=env,
+        cwd=tmp_path,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     last = tmp_path / "sop" / "checkpoints" / "last.ckpt"
     try:
         _wait_for_checkpoint(last, 4, proc)
@@ -86,14 +98,19 @@ def test_kill_ddp_run_then_resume_in_ddp_matches_one_process(idx_data: Path, tmp
     saved = load_checkpoint(last)["global_step"]
     assert 4 <= saved < 12
 
-    resumed = subprocess.run([sys.executable, "-m", "sop_plugin.bench.cli",
-                              *overrides(tmp_path, idx_data, [*ddp, f"resume={tmp_path}"])],
-                             env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "sop_plugin.bench.cli", *overrides(tmp_path, tiny_data, [*ddp, f"resume={tmp_path}"])],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     final_ddp = load_checkpoint(last)
     assert final_ddp["global_step"] == 12
 
-    one = tiny_config(tmp_path / "one", idx_data, ["train.rng_chunk=8"])
+    one = tiny_config(tmp_path / "one", tiny_data, ["train.rng_chunk=8"])
     train, test = load_data(one)
     fitted = fit_method("sop", one, train, test, tmp_path / "one")
     assert_states_close(dict(final_ddp["state_dict"]), state_of(fitted.module), atol=1e-5)

@@ -13,12 +13,11 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
-from relutil import LossRecorder, overrides, state_of, tiny_config
 
 from sop_plugin.bench.runner import fit_method, load_data
 from sop_plugin.core import SOPConfig, SOPObjective
-from sop_plugin.core.checkpoint import load_checkpoint
-from sop_plugin.training.nonfinite import NonFiniteLossError
+from sop_plugin.runtime import NonFiniteLossError, load_checkpoint
+from tests.reliability.relutil import LossRecorder, overrides, state_of, tiny_config
 
 HERE = Path(__file__).parent
 
@@ -27,8 +26,9 @@ def inject_nan(monkeypatch: pytest.MonkeyPatch, steps: set[int], where: str = "c
     """Make the student's [CLS] (``cls``) or patch (``patch``) embeddings NaN at ``steps``."""
     forward = SOPObjective.forward
 
-    def patched(self: SOPObjective, s_cls: Any, t_cls: Any, s_patch: Any = None, *args: Any, step: int = 0,
-                **kwargs: Any) -> Any:
+    def patched(
+        self: SOPObjective, s_cls: Any, t_cls: Any, s_patch: Any = None, *args: Any, step: int = 0, **kwargs: Any
+    ) -> Any:
         if step in steps:
             if where == "cls":
                 s_cls = s_cls * float("nan")
@@ -49,26 +49,36 @@ class StateAt(L.Callback):
         self.states[trainer.global_step] = state_of(module)
 
 
-def test_nonfinite_stop_names_component_and_last_checkpoint(idx_data: Path, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.slow
+def test_nonfinite_stop_names_component_and_last_checkpoint(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     inject_nan(monkeypatch, {5})
-    cfg = tiny_config(tmp_path, idx_data)
+    cfg = tiny_config(tmp_path, tiny_data)
     train, test = load_data(cfg)
     with pytest.raises(NonFiniteLossError) as info:
         fit_method("sop", cfg, train, test, tmp_path)
     msg = str(info.value)
     last = tmp_path / "sop" / "checkpoints" / "last.ckpt"
-    for part in ("non-finite sop loss at step 5", "class loss (global SOP)", "class loss per SOP set [0: nan, 1: nan]",
-                 "student [CLS] embeddings", "temperatures: student 0.1, teacher", "memories after the step's enqueue: class memory 100x32, ptr 96: all rows finite",
-                 "likely cause: the student network diverged", f"last good checkpoint: {last} (step 4)",
-                 "train.on_nonfinite=skip"):
+    for part in (
+        "non-finite sop loss at step 5",
+        "class loss (global SOP)",
+        "class loss per SOP set [0: nan, 1: nan]",
+        "student [CLS] embeddings",
+        "temperatures: student 0.1, teacher",
+        "memories after the step's enqueue: class memory 100x32, ptr 96: all rows finite",
+        "likely cause: the student network diverged",
+        f"last good checkpoint: {last} (step 4)",
+        "train.on_nonfinite=skip",
+    ):
         assert part in msg, f"{part!r} not in:\n{msg}"
     assert load_checkpoint(last)["global_step"] == 4  # the NaN step never reached a checkpoint
 
 
-def test_nonfinite_patch_loss_is_named(idx_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.slow
+def test_nonfinite_patch_loss_is_named(tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     inject_nan(monkeypatch, {1}, where="patch")
-    cfg = tiny_config(tmp_path, idx_data)
+    cfg = tiny_config(tmp_path, tiny_data)
     train, test = load_data(cfg)
     with pytest.raises(NonFiniteLossError) as info:
         fit_method("sop", cfg, train, test, tmp_path)
@@ -79,8 +89,17 @@ def test_nonfinite_patch_loss_is_named(idx_data: Path, tmp_path: Path, monkeypat
 
 def test_nonfinite_explain_names_the_sop_set() -> None:
     """Core level: a NaN support row in one SOP set is pinned to that set."""
-    obj = SOPObjective(SOPConfig(dim=8, class_memory_size=64, patch_memory_size=64, class_num_sets=3,
-                                 class_num_anchors=4, class_num_supports=2, patch_num_anchors=4))
+    obj = SOPObjective(
+        SOPConfig(
+            dim=8,
+            class_memory_size=64,
+            patch_memory_size=64,
+            class_num_sets=3,
+            class_num_anchors=4,
+            class_num_supports=2,
+            patch_num_anchors=4,
+        )
+    )
     z = torch.nn.functional.normalize(torch.randn(3, 5, 8), dim=-1)
     out = obj(z, z[:2], step=0, update_memory=False)
     assert torch.isfinite(out.loss)
@@ -91,9 +110,10 @@ def test_nonfinite_explain_names_the_sop_set() -> None:
     assert "non-finite in set(s) [1]" in text and "class memory 64x8, ptr 0: all rows finite unit vectors" in text
 
 
-def test_nonfinite_skip_leaves_no_trace(idx_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.slow
+def test_nonfinite_skip_leaves_no_trace(tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     inject_nan(monkeypatch, {5})
-    cfg = tiny_config(tmp_path, idx_data, ["train.on_nonfinite=skip"])
+    cfg = tiny_config(tmp_path, tiny_data, ["train.on_nonfinite=skip"])
     train, test = load_data(cfg)
     states, rec = StateAt(), LossRecorder()
     with pytest.warns(UserWarning, match="skipped step 5"):
@@ -107,24 +127,42 @@ def test_nonfinite_skip_leaves_no_trace(idx_data: Path, tmp_path: Path, monkeypa
     assert ckpt["sop_bench"]["skipped_steps"] == 1
 
 
-def test_nonfinite_skip_gives_up_after_consecutive_skips(idx_data: Path, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.slow
+def test_nonfinite_skip_gives_up_after_consecutive_skips(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     inject_nan(monkeypatch, set(range(3, 12)))
-    cfg = tiny_config(tmp_path, idx_data, ["train.on_nonfinite=skip", "train.max_consecutive_skips=2"])
+    cfg = tiny_config(tmp_path, tiny_data, ["train.on_nonfinite=skip", "train.max_consecutive_skips=2"])
     train, test = load_data(cfg)
     with pytest.warns(UserWarning), pytest.raises(NonFiniteLossError, match="2 consecutive steps were already skipped"):
         fit_method("sop", cfg, train, test, tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("policy", "code"), [("stop", 3), ("skip", 0)])
-def test_nonfinite_ddp_ranks_agree(policy: str, code: int, idx_data: Path, tmp_path: Path) -> None:
+def test_nonfinite_ddp_ranks_agree(policy: str, code: int, tiny_data: Path, tmp_path: Path) -> None:
     """NaN on rank 1 only: with stop both ranks stop (exit 3, no hang); with skip both skip."""
-    args = overrides(tmp_path, idx_data, ["train.batch_size=8", "train.epochs=1", "trainer.devices=2",
-                                          "trainer.strategy=ddp", f"train.on_nonfinite={policy}",
-                                          "eval.linear_epochs=1"])
+    args = overrides(
+        tmp_path,
+        tiny_data,
+        [
+            "train.batch_size=8",
+            "train.epochs=1",
+            "trainer.devices=2",
+            "trainer.strategy=ddp",
+            f"train.on_nonfinite={policy}",
+            "eval.linear_epochs=1",
+        ],
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NAN_STEP": "3", "NAN_RANK": "1"}
-    proc = subprocess.run([sys.executable, str(HERE / "nan_bench.py"), *args], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "nan_bench.py"), *args],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == code, proc.stderr[-3000:]
     last = tmp_path / "sop" / "checkpoints" / "last.ckpt"
     if policy == "stop":

@@ -6,23 +6,38 @@ import csv
 from pathlib import Path
 
 import pytest
-from relutil import Crash, CrashAtStep, LossRecorder, assert_states_close, state_of, tiny_config
 
 from sop_plugin.bench.runner import check_resume, fit_method, load_data
-from sop_plugin.core.checkpoint import CheckpointError, load_checkpoint
+from sop_plugin.runtime import CheckpointError, load_checkpoint
+from tests.reliability.relutil import Crash, CrashAtStep, LossRecorder, assert_states_close, state_of, tiny_config
 
-MEMORY_KEYS = ("objective.objective.class_memory.bank", "objective.objective.class_memory.ptr",
-               "objective.objective.patch_memory.bank", "objective.objective.patch_memory.ptr",
-               "objective.class_ids")
+#: subprocess, DDP or full-fit tests: left out of `make test-fast`
+pytestmark = pytest.mark.slow
+
+MEMORY_KEYS = (
+    "objective.objective.class_memory.bank",
+    "objective.objective.class_memory.ptr",
+    "objective.objective.patch_memory.bank",
+    "objective.objective.patch_memory.ptr",
+    "objective.class_ids",
+)
 
 
-@pytest.mark.parametrize(("crash_at", "ckpt_step", "workers"), [(9, 8, 0), (7, 6, 0), (9, 8, 2)],
-                         ids=["mid-epoch", "epoch-end", "mid-epoch-2-workers"])
-def test_resume_matches_straight_run(crash_at: int, ckpt_step: int, workers: int,
-                                     straight: tuple[dict[int, float], dict, Path], idx_data: Path,
-                                     tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("crash_at", "ckpt_step", "workers"),
+    [(9, 8, 0), (7, 6, 0), (9, 8, 2)],
+    ids=["mid-epoch", "epoch-end", "mid-epoch-2-workers"],
+)
+def test_resume_matches_straight_run(
+    crash_at: int,
+    ckpt_step: int,
+    workers: int,
+    straight: tuple[dict[int, float], dict, Path],
+    tiny_data: Path,
+    tmp_path: Path,
+) -> None:
     losses, final, _ = straight
-    cfg = tiny_config(tmp_path, idx_data, [f"train.num_workers={workers}"])
+    cfg = tiny_config(tmp_path, tiny_data, [f"train.num_workers={workers}"])
     train, test = load_data(cfg)
     with pytest.raises(Crash):
         fit_method("sop", cfg, train, test, tmp_path, callbacks=[CrashAtStep(crash_at)])
@@ -49,23 +64,25 @@ def test_resume_matches_straight_run(crash_at: int, ckpt_step: int, workers: int
     assert min(logged) < ckpt_step <= max(logged), sorted(logged)
 
 
-def test_resume_refuses_truncated_checkpoint(straight: tuple[dict[int, float], dict, Path], idx_data: Path,
-                                             tmp_path: Path) -> None:
+def test_resume_refuses_truncated_checkpoint(
+    straight: tuple[dict[int, float], dict, Path], tiny_data: Path, tmp_path: Path
+) -> None:
     """A checkpoint cut short (e.g. copied while written) is refused before any training, by resume=DIR."""
     data = (straight[2] / "sop" / "checkpoints" / "last.ckpt").read_bytes()
     bad = tmp_path / "sop" / "checkpoints" / "last.ckpt"
     bad.parent.mkdir(parents=True)
     bad.write_bytes(data[: len(data) * 2 // 3])
-    cfg = tiny_config(tmp_path / "out", idx_data, [f"resume={tmp_path}"])
+    cfg = tiny_config(tmp_path / "out", tiny_data, [f"resume={tmp_path}"])
     with pytest.raises(CheckpointError, match="truncated"):
         check_resume(cfg)
 
 
-def test_resume_continues_a_finished_run_without_training(straight: tuple[dict[int, float], dict, Path],
-                                                          idx_data: Path) -> None:
+def test_resume_continues_a_finished_run_without_training(
+    straight: tuple[dict[int, float], dict, Path], tiny_data: Path
+) -> None:
     """resume=<finished run dir>: nothing left to train, the state is the final one."""
     losses, final, out = straight
-    cfg = tiny_config(out, idx_data, [f"resume={out}"])
+    cfg = tiny_config(out, tiny_data, [f"resume={out}"])
     paths = check_resume(cfg)
     assert paths == {"sop": out / "sop" / "checkpoints" / "last.ckpt"}
     train, test = load_data(cfg)

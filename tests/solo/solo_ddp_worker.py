@@ -12,31 +12,43 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from soloutil import CPU, SMALL_SOP, compose_pretrain, data_overrides  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: tests.* importable
 
 from sop_plugin.solo.launch import run_pretrain  # noqa: E402
+from tests.solo.soloutil import CPU, SMALL_SOP, compose_pretrain, data_overrides  # noqa: E402
 
 
 def main() -> None:
     folder, out = Path(sys.argv[1]), Path(sys.argv[2])
     cpu = [o for o in CPU if not o.startswith(("devices=", "strategy=", "optimizer.batch_size="))]
-    overrides = [*data_overrides(folder), *cpu, *SMALL_SOP, "devices=2", "strategy=ddp",
-                 "optimizer.batch_size=2", "max_epochs=1", "knn_eval.enabled=False",
-                 f"checkpoint.dir={out / 'ckpt'}", "++limit_val_batches=0", "++num_sanity_val_steps=0",
-                 "++logger=False"]
+    overrides = [
+        *data_overrides(folder),
+        *cpu,
+        *SMALL_SOP,
+        "devices=2",
+        "strategy=ddp",
+        "optimizer.batch_size=2",
+        "max_epochs=1",
+        "knn_eval.enabled=False",
+        f"checkpoint.dir={out / 'ckpt'}",
+        "++limit_val_batches=0",
+        "++num_sanity_val_steps=0",
+        "++logger=False",
+    ]
     trainer = run_pretrain(compose_pretrain(overrides))
     objective = trainer.lightning_module.objective
-    torch.save({
-        "class_bank": objective.class_memory.bank.detach().clone(),
-        "class_ptr": int(objective.class_memory.ptr),
-        "patch_bank": objective.patch_memory.bank.detach().clone(),
-        "patch_ptr": int(objective.patch_memory.ptr),
-        "step": int(trainer.global_step),
-        "world": int(trainer.world_size),
-        "loss": float(trainer.callback_metrics["train_sop_loss"]),
-    }, out / f"rank{trainer.global_rank}.pt")
+    torch.save(
+        {
+            "class_bank": objective.class_memory.bank.detach().clone(),
+            "class_ptr": int(objective.class_memory.ptr),
+            "patch_bank": objective.patch_memory.bank.detach().clone(),
+            "patch_ptr": int(objective.patch_memory.ptr),
+            "step": int(trainer.global_step),
+            "world": int(trainer.world_size),
+            "loss": float(trainer.callback_metrics["train_sop_loss"]),
+        },
+        out / f"rank{trainer.global_rank}.pt",
+    )
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ CPU = [
     "++enable_progress_bar=False",
 ]
 SMALL_SOP = [
-    "method_kwargs.proj_hidden_dim=128",
+    "method_kwargs.head_hidden_dim=128",
     "method_kwargs.class_memory_size=1024",
     "method_kwargs.patch_memory_size=512",
     "method_kwargs.patch_num_anchors=32",

@@ -7,16 +7,17 @@ import pytest
 pytest.importorskip("solo", reason="solo-learn 1.0.6 is not installed (optional extra, see README)")
 
 from omegaconf import OmegaConf  # noqa: E402
-from soloutil import SCRIPTS, compose  # noqa: E402
 
 from sop_plugin.core import SOPConfig  # noqa: E402
+from sop_plugin.runtime import num_devices  # noqa: E402
 from sop_plugin.solo.sop_method import (  # noqa: E402
     METHOD_KWARGS_DEFAULTS,
+    SOLO_ONLY_KEYS,
     SOP,
     global_batch_size,
-    num_devices,
     sop_config_from_cfg,
 )
+from tests.solo.soloutil import SCRIPTS, compose  # noqa: E402
 
 
 def make_cfg(method_kwargs=None, backbone="vit_tiny", small_crops=0, large_crops=2, **top):
@@ -26,19 +27,8 @@ def make_cfg(method_kwargs=None, backbone="vit_tiny", small_crops=0, large_crops
         "backbone": {"name": backbone, "kwargs": {}},
         "method_kwargs": method_kwargs or {},
         "momentum": {"base_tau": 0.99, "final_tau": 1.0},
-        "data": {
-            "dataset": "custom",
-            "num_classes": 5,
-            "num_large_crops": large_crops,
-            "num_small_crops": small_crops,
-        },
-        "optimizer": {
-            "name": "adamw",
-            "batch_size": 8,
-            "lr": 1e-3,
-            "classifier_lr": 1e-3,
-            "weight_decay": 0.0,
-        },
+        "data": {"dataset": "custom", "num_classes": 5, "num_large_crops": large_crops, "num_small_crops": small_crops},
+        "optimizer": {"name": "adamw", "batch_size": 8, "lr": 1e-3, "classifier_lr": 1e-3, "weight_decay": 0.0},
         "scheduler": {"name": "none"},
         "max_epochs": 1,
         "devices": 1,
@@ -64,14 +54,16 @@ def test_defaults_are_filled_and_follow_sopconfig():
 
 def test_method_kwargs_reach_the_objective():
     mk = {
-        "proj_output_dim": 128,
+        "dim": 128,
+        "head_hidden_dim": 512,
+        "head_num_layers": 2,
         "class_memory_size": 4096,
         "class_num_anchors": 32,
         "class_num_supports": 4,
         "patch_num_supports": 2,
-        "student_temperature": 0.2,
-        "teacher_temperature": 0.05,
-        "warmup_teacher_temperature": 0.03,
+        "student_temp": 0.2,
+        "teacher_temp": 0.05,
+        "warmup_teacher_temp": 0.03,
         "mim_weight": 0.5,
         "koleo_weight": 0.1,
         "retrieval": "faiss",
@@ -79,13 +71,10 @@ def test_method_kwargs_reach_the_objective():
     }
     sop_cfg = sop_config_from_cfg(SOP.add_and_assert_specific_cfg(make_cfg(mk)))
     assert sop_cfg.dim == 128 and sop_cfg.class_memory_size == 4096
+    assert (sop_cfg.head_hidden_dim, sop_cfg.head_num_layers) == (512, 2)
     assert (sop_cfg.class_num_anchors, sop_cfg.class_num_supports) == (32, 4)
     assert sop_cfg.patch_num_supports == 2
-    assert (sop_cfg.student_temp, sop_cfg.teacher_temp, sop_cfg.warmup_teacher_temp) == (
-        0.2,
-        0.05,
-        0.03,
-    )
+    assert (sop_cfg.student_temp, sop_cfg.teacher_temp, sop_cfg.warmup_teacher_temp) == (0.2, 0.05, 0.03)
     assert (sop_cfg.mim_weight, sop_cfg.koleo_weight) == (0.5, 0.1)
     assert sop_cfg.retrieval == "faiss" and sop_cfg.seed == 3
 
@@ -93,19 +82,28 @@ def test_method_kwargs_reach_the_objective():
 @pytest.mark.parametrize(
     ("method_kwargs", "top", "message"),
     [
-        ({"class_num_anchor": 8}, {}, "unknown method_kwargs ['class_num_anchor']"),
-        ({"mask_prob": 1.5}, {}, "mask_prob"),
-        ({"mask_ratio": [0.6, 0.2]}, {}, "mask_ratio"),
+        ({"class_num_anchor": 8}, {}, "unknown SOP setting(s) ['class_num_anchor']"),
+        ({"mask_prob": 1.5}, {}, "mask_prob must be in [0, 1], got 1.5"),
+        ({"mask_ratio": [0.6, 0.2]}, {}, "mask ratio must satisfy 0 <= min <= max < 1"),
+        ({"mask_ratio": [0.1, 0.2, 0.3]}, {}, "mask_ratio=[0.1, 0.2, 0.3] must be [min, max]"),
+        ({"mask_min_block": 0}, {}, "mask_min_block=0 must be >= 1"),
+        ({"dim": 12.5}, {}, "dim=12.5 must be of type int"),
+        ({"head_num_layers": 0}, {}, "head_num_layers=0 must be >= 1"),
         ({"class_memory_size": 100}, {}, "exceeds class_memory_size=100"),
         (
             {"patch_memory_size": 16, "patch_num_anchors": 4},
             {"devices": [0, 1, 2]},
             "global batch 24 exceeds patch_memory_size=16",
         ),
-        ({"student_temperature": 0.0}, {}, "student_temp"),
+        ({"student_temp": 0.0}, {}, "student_temp=0.0 must be > 0"),
         ({"anchor_selection": "nope"}, {}, "anchor_selection"),
         ({"retrieval": "nope"}, {}, "retrieval"),
-        ({"warmup_teacher_temperature_epochs": -1}, {}, "warmup_teacher_temperature_epochs"),
+        ({"warmup_teacher_temp_epochs": -1}, {}, "warmup_teacher_temp_epochs"),
+        (
+            {"warmup_teacher_temp_epochs": 2, "warmup_teacher_temp_steps": 10},
+            {},
+            "warmup_teacher_temp_epochs or warmup_teacher_temp_steps, not both",
+        ),
         ({"clip_grad": -1.0}, {}, "clip_grad"),
     ],
 )
@@ -132,8 +130,24 @@ def test_vit_with_local_crops_gets_dynamic_img_size():
 
 
 def test_device_counting():
-    assert [num_devices(d) for d in (1, 4, [0, 1], "2", "0,1", "auto", -1)] == [1, 4, 2, 2, 2, 1, 1]
+    assert num_devices(OmegaConf.create({"d": [0, 1, 2]}).d) == 3  # a ListConfig
     assert global_batch_size(make_cfg(devices=[0, 1, 2], num_nodes=2)) == 8 * 3 * 2
+
+
+SOLO_NAMES_OF_DINO = {
+    "head_hidden_dim": "proj_hidden_dim",
+    "dim": "proj_output_dim",
+    "student_temp": "student_temperature",
+    "teacher_temp": "teacher_temperature",
+    "warmup_teacher_temp": "warmup_teacher_temperature",
+    "warmup_teacher_temp_epochs": "warmup_teacher_temperature_epochs",
+    "clip_grad": "clip_grad",
+}
+
+
+def test_method_kwargs_are_sopconfig_fields_plus_solo_keys():
+    assert set(METHOD_KWARGS_DEFAULTS) == set(SOPConfig.field_names()) | set(SOLO_ONLY_KEYS)
+    assert not set(SOLO_ONLY_KEYS) & set(SOPConfig.field_names())
 
 
 def _count_crops(cfg):
@@ -160,20 +174,15 @@ def test_shipped_pretrain_configs_are_valid(dataset):
     dino = DINO.add_and_assert_specific_cfg(dino)
     # matched settings: only the objective differs
     for key in ("backbone", "momentum", "optimizer", "scheduler", "max_epochs", "data"):
-        a, b = (
-            OmegaConf.to_object(c[key]) if OmegaConf.is_config(c[key]) else c[key]
-            for c in (sop, dino)
-        )
+        a, b = (OmegaConf.to_object(c[key]) if OmegaConf.is_config(c[key]) else c[key] for c in (sop, dino))
         if key == "data":
             a.pop("num_small_crops")
             b.pop("num_small_crops")
         assert a == b, key
-    for key in ("proj_hidden_dim", "proj_output_dim", "student_temperature", "teacher_temperature",
-                "warmup_teacher_temperature", "warmup_teacher_temperature_epochs", "clip_grad"):  # fmt: skip
-        assert sop.method_kwargs[key] == dino.method_kwargs[key], key
-    assert OmegaConf.to_container(sop.augmentations)[:2] == OmegaConf.to_container(
-        dino.augmentations
-    )
+    # SOP's method_kwargs are SOPConfig's names; solo-learn's DINO has its own
+    for sop_key, dino_key in SOLO_NAMES_OF_DINO.items():
+        assert sop.method_kwargs[sop_key] == dino.method_kwargs[dino_key], sop_key
+    assert OmegaConf.to_container(sop.augmentations)[:2] == OmegaConf.to_container(dino.augmentations)
 
     # the strictly matched pair: SOP on the global crops only
     sop_global = compose(folder, "sop.yaml", ["augmentations=global.yaml"])

@@ -20,8 +20,14 @@ WORKER = Path(__file__).resolve().parent / "solo_ddp_worker.py"
 @pytest.mark.slow
 def test_solo_ddp_two_processes_share_memories(tiny_image_folder: Path, tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, str(WORKER), str(tiny_image_folder), str(tmp_path)], cwd=tmp_path,
-                            env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(WORKER), str(tiny_image_folder), str(tmp_path)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     steps = 20 // (2 * 2)  # 20 images, 2 per rank, 2 ranks

@@ -15,9 +15,9 @@ pytest.importorskip("solo", reason="solo-learn 1.0.6 is not installed (optional 
 
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
-from soloutil import CPU, SCRIPTS, SMALL_SOP, compose_pretrain, data_overrides  # noqa: E402
 
 from sop_plugin.solo.launch import absolute_config_path, parse_with_devices  # noqa: E402
+from tests.solo.soloutil import CPU, SCRIPTS, SMALL_SOP, compose_pretrain, data_overrides  # noqa: E402
 
 
 def _script(name: str) -> str:
@@ -31,9 +31,7 @@ def _script(name: str) -> str:
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "WANDB_MODE": "disabled"}
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, (
-        f"{args[0]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
-    )
+    assert result.returncode == 0, f"{args[0]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
     return result
 
 
@@ -50,9 +48,7 @@ def test_parse_with_devices_accepts_an_int(tiny_image_folder):
 
     cfg = OmegaConf.load(SCRIPTS / "linear" / "fashion-mnist" / "sop.yaml")
     cfg.pop("defaults")
-    cfg.merge_with_dotlist(
-        data_overrides(tiny_image_folder) + ["devices=2", "pretrained_feature_extractor=x.ckpt"]
-    )
+    cfg.merge_with_dotlist(data_overrides(tiny_image_folder) + ["devices=2", "pretrained_feature_extractor=x.ckpt"])
     cfg = parse_with_devices(parse_cfg, cfg)
     assert cfg.devices == 2
     assert cfg.data.num_classes == 5
@@ -120,30 +116,16 @@ def test_pretrain_logs_knn_and_sop_losses_and_resumes(tiny_image_folder, tmp_pat
     ]
     trainer = run_pretrain(compose_pretrain([*common, "max_epochs=1"]))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    for key in (
-        "val_knn_acc1",
-        "val_acc1",
-        "train_sop_loss",
-        "train_sop_cls_loss",
-        "train_sop_mim_loss",
-    ):
+    for key in ("val_knn_acc1", "val_acc1", "train_sop_loss", "train_sop_cls_loss", "train_sop_mim_loss"):
         assert key in metrics and math.isfinite(metrics[key]), (key, metrics)
     assert 0.0 <= metrics["val_knn_acc1"] <= 100.0
     first = sorted((ckpt_dir / "sop").rglob("*.ckpt"))
     assert len(first) == 1
     before = torch.load(first[0], map_location="cpu", weights_only=True)
 
-    resumed = run_pretrain(
-        compose_pretrain([*common, "max_epochs=2", f"++resume_from_checkpoint='{first[0]}'"])
-    )
+    resumed = run_pretrain(compose_pretrain([*common, "max_epochs=2", f"++resume_from_checkpoint='{first[0]}'"]))
     assert resumed.global_step == before["global_step"] + 1
     after = resumed.lightning_module.objective
     # the memories were restored from the checkpoint, then advanced by one step of 5 images
-    assert (
-        int(after.class_memory.ptr)
-        == (int(before["state_dict"]["objective.class_memory.ptr"]) + 5) % 1024
-    )
-    assert (
-        int(after.patch_memory.ptr)
-        == (int(before["state_dict"]["objective.patch_memory.ptr"]) + 5) % 512
-    )
+    assert int(after.class_memory.ptr) == (int(before["state_dict"]["objective.class_memory.ptr"]) + 5) % 1024
+    assert int(after.patch_memory.ptr) == (int(before["state_dict"]["objective.patch_memory.ptr"]) + 5) % 512

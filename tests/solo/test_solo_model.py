@@ -14,8 +14,8 @@ from omegaconf import OmegaConf  # noqa: E402
 from sop_plugin.solo.sop_method import SOP  # noqa: E402
 
 SMALL = {
-    "proj_hidden_dim": 64,
-    "proj_output_dim": 32,
+    "head_hidden_dim": 64,
+    "dim": 32,
     "class_memory_size": 256,
     "class_num_anchors": 8,
     "class_num_supports": 2,
@@ -32,19 +32,8 @@ def build(backbone="vit_tiny", kwargs=None, method_kwargs=None, small_crops=2):
             "backbone": {"name": backbone, "kwargs": kwargs or {}},
             "method_kwargs": {**SMALL, **(method_kwargs or {})},
             "momentum": {"base_tau": 0.99, "final_tau": 1.0},
-            "data": {
-                "dataset": "custom",
-                "num_classes": 5,
-                "num_large_crops": 2,
-                "num_small_crops": small_crops,
-            },
-            "optimizer": {
-                "name": "adamw",
-                "batch_size": 4,
-                "lr": 1e-3,
-                "classifier_lr": 1e-3,
-                "weight_decay": 0.0,
-            },
+            "data": {"dataset": "custom", "num_classes": 5, "num_large_crops": 2, "num_small_crops": small_crops},
+            "optimizer": {"name": "adamw", "batch_size": 4, "lr": 1e-3, "classifier_lr": 1e-3, "weight_decay": 0.0},
             "scheduler": {"name": "none"},
             "max_epochs": 1,
             "devices": 1,
@@ -146,7 +135,7 @@ def test_bad_input_solo_linear_refuses_unsafe_checkpoint_unless_trusted(vit_mode
     from omegaconf import OmegaConf
     from solo.backbones import vit_tiny
 
-    from sop_plugin.core.checkpoint import CheckpointError, UnsafeCheckpointWarning
+    from sop_plugin.runtime import CheckpointError, UnsafeCheckpointWarning
     from sop_plugin.solo.launch import load_backbone_weights
 
     state = {k: v for k, v in vit_model.state_dict().items() if k.startswith("backbone.")}

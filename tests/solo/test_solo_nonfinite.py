@@ -10,10 +10,10 @@ import pytest
 pytest.importorskip("solo", reason="solo-learn 1.0.6 is not installed (optional extra, see README)")
 
 import torch  # noqa: E402
-from soloutil import CPU, SMALL_SOP, compose_pretrain, data_overrides  # noqa: E402
 
 from sop_plugin.core import SOPObjective  # noqa: E402
-from sop_plugin.training.nonfinite import NonFiniteLossError  # noqa: E402
+from sop_plugin.runtime import NonFiniteLossError  # noqa: E402
+from tests.solo.soloutil import CPU, SMALL_SOP, compose_pretrain, data_overrides  # noqa: E402
 
 BAD_STEP = 1
 STEPS = 4  # 20 training images, batch 5
@@ -34,16 +34,28 @@ def _poison_student_at(monkeypatch: pytest.MonkeyPatch, bad_step: int) -> None:
 def _run(folder: Path, tmp_path: Path, extra: list[str]):
     from sop_plugin.solo.launch import run_pretrain
 
-    return run_pretrain(compose_pretrain([
-        *data_overrides(folder), *CPU, *SMALL_SOP, "max_epochs=1", "knn_eval.enabled=False",
-        f"checkpoint.dir={tmp_path / 'ckpt'}", "++limit_val_batches=0", "++num_sanity_val_steps=0",
-        "++logger=False", *extra,
-    ]))
+    return run_pretrain(
+        compose_pretrain(
+            [
+                *data_overrides(folder),
+                *CPU,
+                *SMALL_SOP,
+                "max_epochs=1",
+                "knn_eval.enabled=False",
+                f"checkpoint.dir={tmp_path / 'ckpt'}",
+                "++limit_val_batches=0",
+                "++num_sanity_val_steps=0",
+                "++logger=False",
+                *extra,
+            ]
+        )
+    )
 
 
 @pytest.mark.slow
-def test_solo_nonfinite_stop_names_the_component(tiny_image_folder: Path, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_solo_nonfinite_stop_names_the_component(
+    tiny_image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     _poison_student_at(monkeypatch, BAD_STEP)
     with pytest.raises(NonFiniteLossError) as err:
@@ -56,8 +68,9 @@ def test_solo_nonfinite_stop_names_the_component(tiny_image_folder: Path, tmp_pa
 
 
 @pytest.mark.slow
-def test_solo_nonfinite_skip_drops_the_step(tiny_image_folder: Path, tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_solo_nonfinite_skip_drops_the_step(
+    tiny_image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     _poison_student_at(monkeypatch, BAD_STEP)
     trainer = _run(tiny_image_folder, tmp_path, ["++method_kwargs.on_nonfinite=skip"])

@@ -46,8 +46,6 @@ def test_missing_solo_learn_gives_install_hint():
         "else:\n"
         "    raise SystemExit('no ImportError')\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
-    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     assert "solo-learn" in result.stdout
     assert "git repository" in result.stdout

@@ -6,7 +6,7 @@ again with ``auto_resume.enabled=True``: solo-learn's AutoResumer finds the chec
 and the run finishes. Weights, both memories and the last step's losses must equal
 those of a run that was never interrupted. This needs the global RNG states in the
 checkpoint (solo-learn shuffles and augments with the global generators), which
-:class:`sop_plugin.training.RNGStateCheckpoint` adds.
+:class:`sop_plugin.runtime.RNGStateCheckpoint` adds.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ pytest.importorskip("solo", reason="solo-learn 1.0.6 is not installed (optional 
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
-from soloutil import CPU, SMALL_SOP, compose_pretrain, data_overrides  # noqa: E402
 
-from sop_plugin.core.checkpoint import load_checkpoint  # noqa: E402
+from sop_plugin.runtime import load_checkpoint  # noqa: E402
 from sop_plugin.solo import launch  # noqa: E402
+from tests.solo.soloutil import CPU, SMALL_SOP, compose_pretrain, data_overrides  # noqa: E402
 
 STEPS_PER_EPOCH = 4  # 20 training images, batch 5, drop_last
 MAKE_CALLBACKS = launch._callbacks_and_logger  # the launcher's own, before any test patches it
@@ -39,17 +39,23 @@ class PreemptAfterFirstEpoch(L.Callback):
         raise Preempted("interrupted after the first epoch's checkpoint")
 
 
-def _run(folder: Path, ckpt_dir: Path, extra: list[str], monkeypatch: pytest.MonkeyPatch,
-         preempt: bool = False):
+def _run(folder: Path, ckpt_dir: Path, extra: list[str], monkeypatch: pytest.MonkeyPatch, preempt: bool = False):
     def callbacks_and_logger(*args, **kwargs):
         callbacks, logger = MAKE_CALLBACKS(*args, **kwargs)
         return callbacks + ([PreemptAfterFirstEpoch()] if preempt else []), logger
 
     monkeypatch.setattr(launch, "_callbacks_and_logger", callbacks_and_logger)
     overrides = [
-        *data_overrides(folder), *CPU, *SMALL_SOP,
-        "max_epochs=2", "knn_eval.enabled=False", f"checkpoint.dir={ckpt_dir}",
-        "++checkpoint.keep_prev=True", "++limit_val_batches=0", "++num_sanity_val_steps=0", "++logger=False",
+        *data_overrides(folder),
+        *CPU,
+        *SMALL_SOP,
+        "max_epochs=2",
+        "knn_eval.enabled=False",
+        f"checkpoint.dir={ckpt_dir}",
+        "++checkpoint.keep_prev=True",
+        "++limit_val_batches=0",
+        "++num_sanity_val_steps=0",
+        "++logger=False",
         *extra,
     ]
     cfg = compose_pretrain(overrides)
@@ -67,8 +73,9 @@ def _final_state(ckpt_dir: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_solo_auto_resume_matches_uninterrupted_run(tiny_image_folder: Path, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_solo_auto_resume_matches_uninterrupted_run(
+    tiny_image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     straight_dir, cut_dir = tmp_path / "straight", tmp_path / "cut"
 
@@ -83,20 +90,25 @@ def test_solo_auto_resume_matches_uninterrupted_run(tiny_image_folder: Path, tmp
 
     for key in ("train_sop_cls_loss", "train_sop_mim_loss"):
         assert torch.allclose(resumed.callback_metrics[key], straight.callback_metrics[key], rtol=0, atol=0), (
-            key, float(resumed.callback_metrics[key] - straight.callback_metrics[key]))
+            key,
+            float(resumed.callback_metrics[key] - straight.callback_metrics[key]),
+        )
     expected, got = _final_state(straight_dir), _final_state(cut_dir)
     assert expected.keys() == got.keys()
     assert any(k.startswith("objective.class_memory") for k in expected)
     for key, value in expected.items():
         assert torch.allclose(got[key].float(), value.float(), rtol=0, atol=0), (
-            key, float((got[key].float() - value.float()).abs().max()))
+            key,
+            float((got[key].float() - value.float()).abs().max()),
+        )
 
 
 @pytest.mark.slow
-def test_solo_resume_without_rng_state_would_differ(tiny_image_folder: Path, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_solo_resume_without_rng_state_would_differ(
+    tiny_image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The equality above is not trivial: resuming with a different RNG state changes the weights."""
-    from sop_plugin.training import rng_state
+    from sop_plugin.runtime import rng_state
 
     monkeypatch.chdir(tmp_path)
     straight_dir, cut_dir = tmp_path / "straight", tmp_path / "cut"
@@ -106,4 +118,5 @@ def test_solo_resume_without_rng_state_would_differ(tiny_image_folder: Path, tmp
     _run(tiny_image_folder, cut_dir, ["auto_resume.enabled=True"], monkeypatch)
     expected, got = _final_state(straight_dir), _final_state(cut_dir)
     assert not torch.equal(got["backbone.cls_token"], expected["backbone.cls_token"]) or not torch.equal(
-        got["objective.class_memory.bank"], expected["objective.class_memory.bank"])
+        got["objective.class_memory.bank"], expected["objective.class_memory.bank"]
+    )

@@ -24,18 +24,7 @@ from ..splits import DEFAULT_SPLIT_SEED, DEFAULT_TEST_FRACTION, stratified_holdo
 
 log = logging.getLogger(__name__)
 
-ANIMAL_CLASSES = (
-    "Bear",
-    "Bird",
-    "Cat",
-    "Cow",
-    "Dog",
-    "Elephant",
-    "Giraffe",
-    "Horse",
-    "Sheep",
-    "Zebra",
-)
+ANIMAL_CLASSES = ("Bear", "Bird", "Cat", "Cow", "Dog", "Elephant", "Giraffe", "Horse", "Sheep", "Zebra")
 DATA_FILE = "animal_data_version_3.gz"
 LABEL_FILE = "animal_label_version_3.gz"
 INSTALL_HINT = "Install it with `pip install animal-mnist` (it is not a dependency of sop-plugin), or set data.path to the folder holding animal_data_version_3.gz and animal_label_version_3.gz."
@@ -85,9 +74,7 @@ def dedupe_first(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
     9,716 of the 10,000 images are kept.
     """
     flat = images.reshape(len(images), -1)
-    _, first, inverse, counts = np.unique(
-        flat, axis=0, return_index=True, return_inverse=True, return_counts=True
-    )
+    _, first, inverse, counts = np.unique(flat, axis=0, return_index=True, return_inverse=True, return_counts=True)
     inverse = inverse.reshape(-1)
     keep = np.ones(len(first), dtype=bool)
     for group in np.flatnonzero(counts > 1):
@@ -112,11 +99,7 @@ def load_animal_mnist(
     those of the resulting training split, whichever split is returned.
     """
     directory = Path(path).expanduser() if path is not None else package_data_dir()
-    if (
-        directory is None
-        or not (directory / DATA_FILE).is_file()
-        or not (directory / LABEL_FILE).is_file()
-    ):
+    if directory is None or not (directory / DATA_FILE).is_file() or not (directory / LABEL_FILE).is_file():
         where = (
             "the package `animal_mnist` is not installed"
             if directory is None
@@ -132,10 +115,6 @@ def load_animal_mnist(
     log.info("animal-mnist: kept %d of %d images after dropping duplicates", len(keep), len(images))
     images, labels = images[keep], labels[keep]
     train_idx = stratified_holdout(labels, "train", test_fraction, seed)
-    chosen = (
-        train_idx if split == "train" else stratified_holdout(labels, "test", test_fraction, seed)
-    )
+    chosen = train_idx if split == "train" else stratified_holdout(labels, "test", test_fraction, seed)
     stats = channel_stats(to_nchw(images[train_idx], "NHW"))
-    return ArrayDataset.from_arrays(
-        "animal-mnist", split, images[chosen], labels[chosen], ANIMAL_CLASSES, "NHW", stats
-    )
+    return ArrayDataset.from_arrays("animal-mnist", split, images[chosen], labels[chosen], ANIMAL_CLASSES, "NHW", stats)

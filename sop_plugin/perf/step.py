@@ -23,9 +23,8 @@ import os
 import statistics
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import lightning as L
 import torch
@@ -34,14 +33,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from sop_plugin.bench.callbacks import peak_rss_mb, reset_peak_rss
 from sop_plugin.bench.module import BenchModule
-from sop_plugin.bench.perf_breakdown import PhaseTimer, attach, split_step
+from sop_plugin.perf.breakdown import attach, split_step
+from sop_plugin.perf.timing import Stopwatch, in_thread, sync
 
 METHODS = ("sop", "ibot", "dino")
-T = TypeVar("T")
 
 
 @dataclass
-class StepRecord:
+class StepTiming:
     """Per-step wall and process-CPU seconds of one method (timed steps only)."""
 
     wall: list[float] = field(default_factory=list)
@@ -69,21 +68,21 @@ def make_batch(cfg: dict[str, Any], channels: int, seed: int = 0) -> tuple[Tenso
     return images, torch.randint(0, 10, (b,), generator=gen), torch.arange(b)
 
 
-def build_module(cfg: dict[str, Any], method: str, channels: int, total_steps: int = 1000) -> BenchModule:
+def build_module(cfg: dict[str, Any], method: str, channels: int) -> BenchModule:
+    """The benchmark's module for ``method``, its schedules laid out for a 1,000-step run (timing needs far fewer)."""
     torch.manual_seed(int(cfg.get("seed", 0)))
     norm = (0.5,) * channels
-    return BenchModule(cfg, method, channels, norm, norm, total_steps)
+    return BenchModule(cfg, method, channels, norm, norm, total_steps=1000)
 
 
-def fit(module: BenchModule, batch: tuple[Tensor, ...], steps: int, device: torch.device,
-        callbacks: list[L.Callback]) -> None:
+def fit(
+    module: BenchModule, batch: tuple[Tensor, ...], steps: int, device: torch.device, callbacks: list[L.Callback]
+) -> None:
     """Train ``module`` for ``steps`` steps on copies of ``batch`` with a bare Trainer."""
-    trainer = L.Trainer(
-        accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
-        precision="bf16-mixed" if device.type == "cuda" else "32-true",
-        max_steps=steps, max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, callbacks=callbacks,
-    )
+    cuda = device.type == "cuda"
+    hardware = {"accelerator": "gpu" if cuda else "cpu", "devices": 1, "precision": "bf16-mixed" if cuda else "32-true"}
+    bare = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False}
+    trainer = L.Trainer(max_steps=steps, max_epochs=1, num_sanity_val_steps=0, callbacks=callbacks, **hardware, **bare)
     trainer.fit(module, DataLoader(_SameBatch(batch, steps), batch_size=None))
 
 
@@ -91,11 +90,6 @@ def quiet_lightning() -> None:
     """Keep Lightning's per-trainer banners ("GPU available", tips) out of the output."""
     for name in ("lightning.pytorch", "lightning.fabric", "faiss.loader"):
         logging.getLogger(name).setLevel(logging.WARNING)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # ---------------------------------------------------------------------------- turn taking
@@ -140,15 +134,22 @@ class PerfCallback(L.Callback):
     (on CUDA they synchronise, so they start after the timed steps there).
     """
 
-    def __init__(self, name: str, baton: Baton | None, device: torch.device, warmup: int, timed: int,
-                 breakdown_from: int | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        baton: Baton | None,
+        device: torch.device,
+        warmup: int,
+        timed: int,
+        breakdown_from: int | None = None,
+    ) -> None:
         self.name, self.baton, self.device = name, baton, device
         self.warmup, self.timed, self.breakdown_from = warmup, timed, breakdown_from
         self.ready = threading.Event()
-        self.record = StepRecord()
+        self.record = StepTiming()
         self.breakdown: list[dict[str, float]] = []
         self.fractions: list[float] = []
-        self.timer = PhaseTimer(device)
+        self.timer = Stopwatch(device)
         self._stack: Any = None
         self._t0 = self._c0 = self._mark = 0.0
 
@@ -159,7 +160,7 @@ class PerfCallback(L.Callback):
         if self.breakdown_from is not None and batch_idx >= self.breakdown_from and self._stack is None:
             self._stack = attach(module, self.timer)
         self.timer.pop()
-        _sync(self.device)
+        sync(self.device)
         self._t0, self._c0 = time.perf_counter(), time.process_time()
 
     def on_before_backward(self, trainer: L.Trainer, module: Any, loss: Tensor) -> None:
@@ -173,7 +174,7 @@ class PerfCallback(L.Callback):
             self._mark = now
 
     def on_train_batch_end(self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        _sync(self.device)
+        sync(self.device)
         wall, cpu = time.perf_counter() - self._t0, time.process_time() - self._c0
         if self._stack is not None:
             self.timer.totals["optimizer_ema"] += time.perf_counter() - self._mark
@@ -194,11 +195,18 @@ class PerfCallback(L.Callback):
             self._stack = None
 
 
-def time_methods(cfg: dict[str, Any], channels: int, device: torch.device, warmup: int, steps: int,
-                 methods: tuple[str, ...] = METHODS, breakdown_steps: int = 3) -> dict[str, Any]:
+def time_methods(
+    cfg: dict[str, Any],
+    channels: int,
+    device: torch.device,
+    warmup: int,
+    steps: int,
+    methods: tuple[str, ...] = METHODS,
+    breakdown_steps: int = 3,
+) -> dict[str, Any]:
     """Interleaved step timing of ``methods`` plus SOP's per-category breakdown.
 
-    Returns ``{"steps": {method: StepRecord}, "breakdown": [per-step category seconds],
+    Returns ``{"steps": {method: StepTiming}, "breakdown": [per-step category seconds],
     "retrieval_fraction": median per-step share of retrieval in SOP's step}``. On CPU the
     breakdown timers ride along the timed SOP steps (microseconds, no synchronisation); on
     CUDA ``breakdown_steps`` extra SOP steps carry them.
@@ -207,8 +215,9 @@ def time_methods(cfg: dict[str, Any], channels: int, device: torch.device, warmu
     baton = Baton(list(methods))
     inline = device.type != "cuda"
     callbacks = {
-        m: PerfCallback(m, baton, device, warmup, steps,
-                        breakdown_from=(0 if inline else warmup + steps) if m == "sop" else None)
+        m: PerfCallback(
+            m, baton, device, warmup, steps, breakdown_from=(0 if inline else warmup + steps) if m == "sop" else None
+        )
         for m in methods
     }
     errors: list[BaseException] = []
@@ -238,8 +247,11 @@ def time_methods(cfg: dict[str, Any], channels: int, device: torch.device, warmu
     _release(device)
     sop = callbacks.get("sop")
     fractions = sop.fractions if sop is not None else []
-    return {"steps": {m: callbacks[m].record for m in methods}, "breakdown": sop.breakdown if sop else [],
-            "retrieval_fraction": statistics.median(fractions) if fractions else None}
+    return {
+        "steps": {m: callbacks[m].record for m in methods},
+        "breakdown": sop.breakdown if sop else [],
+        "retrieval_fraction": statistics.median(fractions) if fractions else None,
+    }
 
 
 def _release(device: torch.device) -> None:
@@ -267,7 +279,7 @@ class PeakCallback(L.Callback):
                 reset_peak_rss()
 
     def on_train_end(self, trainer: L.Trainer, module: Any) -> None:
-        _sync(self.device)
+        sync(self.device)
         if self.device.type == "cuda":
             self.peak_mb = (torch.cuda.max_memory_allocated(self.device) - self.base) / 2**20
         else:
@@ -291,29 +303,6 @@ def measure_peak(cfg: dict[str, Any], method: str, channels: int, device_name: s
     return float(cb.peak_mb)
 
 
-def in_thread(fn: Callable[..., T], *args: Any) -> T:
-    """``fn(*args)`` run in a worker thread, as the timed trainers run; re-raises its error.
-
-    (On a loaded machine the main thread's OpenMP team was seen to stall on small ops for a
-    time slice each; every measurement of sop-perf runs off the main thread alike.)
-    """
-    out: list[T] = []
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            out.append(fn(*args))
-        except BaseException as err:  # noqa: BLE001 - re-raised below
-            errors.append(err)
-
-    th = threading.Thread(target=target, name=f"perf-{getattr(fn, '__name__', 'work')}")
-    th.start()
-    th.join()
-    if errors:
-        raise errors[0]
-    return out[0]
-
-
 #: glibc's mmap threshold in the memory-measuring processes: a fixed 128 KiB instead of glibc's
 #: dynamic one, so freed large buffers leave RSS at once and the peak reflects live memory
 #: rather than allocation history (the same for every method)
@@ -329,13 +318,14 @@ def _context() -> mp.context.BaseContext:
         os.environ.setdefault(key, value)
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["sop_plugin.bench.perf_step"])
+        ctx.set_forkserver_preload(["sop_plugin.perf.step"])
         return ctx
     return mp.get_context("spawn")
 
 
-def peak_memory(cfg: dict[str, Any], methods: tuple[str, ...], channels: int, device: torch.device,
-                isolate: bool, steps: int = 2) -> dict[str, float]:
+def peak_memory(
+    cfg: dict[str, Any], methods: tuple[str, ...], channels: int, device: torch.device, isolate: bool, steps: int = 2
+) -> dict[str, float]:
     """:func:`measure_peak` for every method, each in a fresh process when ``isolate``."""
     out: dict[str, float] = {}
     for m in methods:

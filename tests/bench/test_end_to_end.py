@@ -4,15 +4,8 @@ import copy
 
 import torch
 
-from sop_plugin.core import (
-    BlockMaskGenerator,
-    MaskedEncoder,
-    SOPConfig,
-    SOPHead,
-    SOPObjective,
-    build_vit,
-    ema_update,
-)
+from sop_plugin.bench.encoder import MaskedEncoder, build_vit
+from sop_plugin.core import BlockMaskGenerator, SOPConfig, SOPHead, SOPObjective, ema_update
 
 
 def test_sop_loss_decreases_on_fixed_batch() -> None:
@@ -21,8 +14,16 @@ def test_sop_loss_decreases_on_fixed_batch() -> None:
         {"enc": MaskedEncoder(build_vit(16, 4, 48, 2, 4, in_chans=1)), "head": SOPHead(48, 128, 32)}
     )
     teacher = copy.deepcopy(student).requires_grad_(False)
-    cfg = SOPConfig(dim=32, class_memory_size=256, patch_memory_size=256, class_num_sets=2, class_num_anchors=16,
-                    class_num_supports=4, patch_num_anchors=32, patch_num_supports=1)
+    cfg = SOPConfig(
+        dim=32,
+        class_memory_size=256,
+        patch_memory_size=256,
+        class_num_sets=2,
+        class_num_anchors=16,
+        class_num_supports=4,
+        patch_num_anchors=32,
+        patch_num_supports=1,
+    )
     obj = SOPObjective(cfg)
     gen = torch.Generator().manual_seed(1)
     images = torch.randn(16, 1, 16, 16, generator=gen)

@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from sop_plugin.bench.perf_breakdown import CATEGORIES  # noqa: E402
+from sop_plugin.perf.breakdown import CATEGORIES  # noqa: E402
 
 COLORS = {"sop": "tab:red", "ibot": "tab:blue", "dino": "tab:green"}
 
@@ -62,8 +62,7 @@ def _retrieval(ax: Any, rows: list[dict[str, Any]]) -> None:
     q = 256 if any(r["queries"] == 256 for r in rows) else rows[0]["queries"]
     for name in sorted({r["backend"] for r in rows}):
         pts = sorted((r["memory"], r["median_s"]) for r in rows if r["backend"] == name and r["queries"] == q)
-        label = name + ("" if all(r["exact"] for r in rows if r["backend"] == name) else " (approx.)")
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("memory rows (d = 256)")

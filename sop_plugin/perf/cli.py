@@ -23,26 +23,21 @@ from typing import Any
 
 import torch
 
-from sop_plugin.bench.perf_breakdown import CATEGORIES
-from sop_plugin.bench.perf_retrieval import (
-    auto_check,
-    design_choices,
-    gpu_retrieval_check,
-    retrieval_table,
-)
-from sop_plugin.bench.perf_settings import get_setting, resolve_config
-from sop_plugin.bench.perf_step import (
-    METHODS,
-    in_thread,
-    peak_memory,
-    quiet_lightning,
-    time_methods,
-)
+from sop_plugin.perf.breakdown import CATEGORIES
+from sop_plugin.perf.retrieval import auto_check, design_choices, gpu_retrieval_check, retrieval_table
+from sop_plugin.perf.settings import get_setting, resolve_config
+from sop_plugin.perf.step import METHODS, peak_memory, quiet_lightning, time_methods
+from sop_plugin.perf.timing import in_thread
 
 log = logging.getLogger("sop_perf")
 
-LIMITS = {"ratio_sop_over_ibot": 1.0, "ratio_sop_over_dino": 1.1, "retrieval_fraction": 0.05, "auto_ratio": 1.2,
-          "cpu_wall_s": 600.0}
+LIMITS = {
+    "ratio_sop_over_ibot": 1.0,
+    "ratio_sop_over_dino": 1.1,
+    "retrieval_fraction": 0.05,
+    "auto_ratio": 1.2,
+    "cpu_wall_s": 600.0,
+}
 
 
 def _ints(text: str) -> list[int]:
@@ -105,15 +100,17 @@ def machine_string(device: torch.device) -> str:
     except OSError:
         ram = "RAM unknown"
     acc = torch.cuda.get_device_name(device) if device.type == "cuda" else "no accelerator"
-    return (f"{platform.node()}: {cpu}, {os.cpu_count()} cores, {ram}, {acc}, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} torch threads, Python {platform.python_version()}; {load_string()}")
+    return (
+        f"{platform.node()}: {cpu}, {os.cpu_count()} cores, {ram}, {acc}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} torch threads, Python {platform.python_version()}; {load_string()}"
+    )
 
 
 def load_string() -> str:
     try:
         return "uptime: " + subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return "load average: " + " ".join(os.getloadavg().__repr__().strip("()").split(", "))
+        return "load average: " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 # ---------------------------------------------------------------------------- step part
@@ -122,8 +119,11 @@ def load_string() -> str:
 def _summarise_breakdown(steps: list[dict[str, float]]) -> dict[str, Any]:
     mean = {c: statistics.fmean(s[c] for s in steps) for c in CATEGORIES}
     fractions = [{c: s[c] / max(sum(s.values()), 1e-12) for c in CATEGORIES} for s in steps]
-    return {"mean_s": mean, "fraction": {c: statistics.fmean(f[c] for f in fractions) for c in CATEGORIES},
-            "steps": len(steps)}
+    return {
+        "mean_s": mean,
+        "fraction": {c: statistics.fmean(f[c] for f in fractions) for c in CATEGORIES},
+        "steps": len(steps),
+    }
 
 
 def run_setting(name: str, opts: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -136,18 +136,27 @@ def run_setting(name: str, opts: dict[str, Any]) -> tuple[dict[str, Any], dict[s
     steps = opts["repeats"] if opts["repeats"] is not None else setting.steps
     isolate = {"auto": device.type == "cpu", "true": True, "false": False}[opts["isolate"]]
     log.info("step timing %s: %s, %d warm-up + %d timed steps per method", name, setting.description, warmup, steps)
-    timing = time_methods(cfg, setting.channels, device, warmup, steps, methods,
-                          breakdown_steps=max(3, steps // 2))
+    timing = time_methods(cfg, setting.channels, device, warmup, steps, methods, breakdown_steps=max(3, steps // 2))
     log.info("peak memory %s (%s)", name, "a fresh process per method" if isolate else "in process")
     peaks = peak_memory(cfg, methods, setting.channels, device, isolate)
-    out: dict[str, Any] = {"description": setting.description, "device": device.type,
-                           "precision": "bf16-mixed" if device.type == "cuda" else "32-true",
-                           "batch_size": cfg["train"]["batch_size"], "warmup_steps": warmup, "timed_steps": steps,
-                           "target_setting": setting.targets}
+    out: dict[str, Any] = {
+        "description": setting.description,
+        "device": device.type,
+        "precision": "bf16-mixed" if device.type == "cuda" else "32-true",
+        "batch_size": cfg["train"]["batch_size"],
+        "warmup_steps": warmup,
+        "timed_steps": steps,
+        "target_setting": setting.targets,
+    }
     for m in methods:
         rec = timing["steps"][m]
-        out[m] = {"median_s": statistics.median(rec.wall), "peak_mb": peaks[m],
-                  "cpu_median_s": statistics.median(rec.cpu), "min_s": min(rec.wall), "steps_s": rec.wall}
+        out[m] = {
+            "median_s": statistics.median(rec.wall),
+            "peak_mb": peaks[m],
+            "cpu_median_s": statistics.median(rec.cpu),
+            "min_s": min(rec.wall),
+            "steps_s": rec.wall,
+        }
     for other in ("ibot", "dino"):
         if other in methods:
             out[f"ratio_sop_over_{other}"] = out["sop"]["median_s"] / out[other]["median_s"]
@@ -199,9 +208,15 @@ def run(opts: dict[str, Any], argv: list[str]) -> dict[str, Any]:
         torch.set_num_threads(opts["threads"])
     out_dir = Path(opts["out"])
     out_dir.mkdir(parents=True, exist_ok=True)
-    perf: dict[str, Any] = {"machine": machine_string(device), "device": device.type,
-                            "command": "sop-perf " + " ".join(argv), "step": {}, "breakdown": {},
-                            "retrieval": [], "auto_choice": {}}
+    perf: dict[str, Any] = {
+        "machine": machine_string(device),
+        "device": device.type,
+        "command": "sop-perf " + " ".join(argv),
+        "step": {},
+        "breakdown": {},
+        "retrieval": [],
+        "auto_choice": {},
+    }
     if "step" in opts["parts"]:
         for name in opts["settings"]:
             perf["step"][name], breakdown = run_setting(name, opts)
@@ -209,10 +224,10 @@ def run(opts: dict[str, Any], argv: list[str]) -> dict[str, Any]:
                 perf["breakdown"][name] = breakdown
             _write(perf, out_dir)  # partial results survive an interrupted run
     if "retrieval" in opts["parts"]:
-        log.info("retrieval: memories %s, queries %s, k=%d on %s", opts["memories"], opts["queries"], opts["k"],
-                 device)
-        rows, choice, table = in_thread(retrieval_table, opts["memories"], opts["queries"], opts["k"], device,
-                                        opts["retrieval_repeats"])
+        log.info("retrieval: memories %s, queries %s, k=%d on %s", opts["memories"], opts["queries"], opts["k"], device)
+        rows, choice, table = in_thread(
+            retrieval_table, opts["memories"], opts["queries"], opts["k"], device, opts["retrieval_repeats"]
+        )
         perf["retrieval"], perf["auto_choice"], perf["auto_table"] = rows, choice, table
         perf["auto_check"] = auto_check(rows, choice, table)
         if device.type == "cuda":
@@ -226,7 +241,7 @@ def run(opts: dict[str, Any], argv: list[str]) -> dict[str, Any]:
     perf["targets"] = check_targets(perf)
     _write(perf, out_dir)
     try:
-        from sop_plugin.bench.perf_plot import plot_perf
+        from sop_plugin.perf.plot import plot_perf
     except ImportError as err:  # e.g. a GPU box without matplotlib: the JSON is what counts
         log.warning("no perf.png: %s", err)
     else:
@@ -248,8 +263,9 @@ def summary(perf: dict[str, Any]) -> str:
         ratios = [f"{k.removeprefix('ratio_')} {v:.3f}" for k, v in rec.items() if k.startswith("ratio_")]
         frac = rec.get("retrieval_fraction")
         tag = "" if rec.get("target_setting", True) else " (reference, no targets)"
-        lines.append(f"{s}{tag}: " + ", ".join(parts + ratios)
-                     + (f", retrieval {frac:.1%}" if frac is not None else ""))
+        lines.append(
+            f"{s}{tag}: " + ", ".join(parts + ratios) + (f", retrieval {frac:.1%}" if frac is not None else "")
+        )
     if perf.get("auto_choice"):
         lines.append("auto: " + ", ".join(f"{m} rows -> {b}" for m, b in perf["auto_choice"].items()))
     for name, t in perf.get("targets", {}).items():

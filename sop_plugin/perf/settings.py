@@ -40,50 +40,77 @@ class PerfSetting:
 
 #: timm's ViT-Tiny shape (the patch size comes from the profile)
 _VIT_TINY = ("model.embed_dim=192", "model.depth=12", "model.num_heads=3")
-_TINY_SOP = ("sop.sop.class_memory_size=256", "sop.sop.patch_memory_size=256",
-             "sop.sop.class_num_anchors=8", "sop.sop.patch_num_anchors=16")
+_TINY = (
+    "model.patch_size=4 model.embed_dim=32 model.depth=1 model.num_heads=2 crops.global_size=16 crops.local_size=8 "
+    "crops.num_local=1 train.batch_size=8 head.hidden_dim=64 dino.head.out_dim=128 ibot.head.out_dim=128 "
+    "sop.class_memory_size=256 sop.patch_memory_size=256 sop.class_num_anchors=8 sop.patch_num_anchors=16"
+).split()
 
 PERF_SETTINGS: dict[str, PerfSetting] = {
     s.name: s
     for s in (
         PerfSetting(
-            "vit_tiny_28", ("profile=quick", *_VIT_TINY), 1, 3, 15,
-            "timm ViT-Tiny/7 (dim 192, depth 12, 3 heads) at 28 px, batch 64, 2x28 + 2x14 px crops, "
+            "vit_tiny_28",
+            ("profile=quick", *_VIT_TINY),
+            channels=1,
+            warmup=3,
+            steps=15,
+            description="timm ViT-Tiny/7 (dim 192, depth 12, 3 heads) at 28 px, batch 64, 2x28 + 2x14 px crops, "
             "SOP class memory 8,192, DINO/iBOT 4,096 prototypes (the quick profile with a ViT-Tiny backbone)",
         ),
         PerfSetting(
-            "quick_28", ("profile=quick",), 1, 3, 15,
-            "the benchmark's quick profile as trained: ViT patch 7, dim 128, depth 4, batch 64, 2x28 + 2x14 px "
-            "crops, SOP class memory 8,192, DINO/iBOT 4,096 prototypes (a reference: its backbone is so small "
-            "that the heads and losses dominate the step)",
+            "quick_28",
+            ("profile=quick",),
+            channels=1,
+            warmup=3,
+            steps=15,
+            description="the benchmark's quick profile as trained: ViT patch 7, dim 128, depth 4, batch 64, "
+            "2x28 + 2x14 px crops, SOP class memory 8,192, DINO/iBOT 4,096 prototypes (a reference: its backbone "
+            "is so small that the heads and losses dominate the step)",
             targets=False,
         ),
         PerfSetting(
-            "quick_28_global", ("profile=quick", "sop.sop.mim_weight=0"), 1, 3, 15,
-            "quick_28 with SOP's global loss only (no SOP-MIM, no masks): SOP's class level against "
+            "quick_28_global",
+            ("profile=quick", "sop.mim_weight=0"),
+            channels=1,
+            warmup=3,
+            steps=15,
+            description="quick_28 with SOP's global loss only (no SOP-MIM, no masks): SOP's class level against "
             "DINO, which has no patch branch either (a diagnostic; iBOT keeps its MIM)",
             targets=False,
         ),
         PerfSetting(
             "vit_tiny_224",
-            ("profile=full", *_VIT_TINY, "model.patch_size=16",
-             "train.batch_size=16", "crops.num_local=2", "~crops.extra"),
-            3, 2, 8,
-            "timm ViT-Tiny/16 (dim 192, depth 12, 3 heads) at 224 px, batch 16, 2x224 + 2x96 px crops, "
+            (
+                "profile=full",
+                *_VIT_TINY,
+                "model.patch_size=16",
+                "train.batch_size=16",
+                "crops.num_local=2",
+                "~crops.extra",
+            ),
+            channels=3,
+            warmup=2,
+            steps=8,
+            description="timm ViT-Tiny/16 (dim 192, depth 12, 3 heads) at 224 px, batch 16, 2x224 + 2x96 px crops, "
             "SOP class memory 65,536, DINO 65,536 / iBOT 8,192 prototypes",
         ),
         PerfSetting(
-            "vit_small_224", ("profile=full", "train.batch_size=64", "~crops.extra"), 3, 3, 10,
-            "the full (GPU) profile: ViT-S/16 at 224 px, batch 64, 2x224 + 10x96 px crops, "
+            "vit_small_224",
+            ("profile=full", "train.batch_size=64", "~crops.extra"),
+            channels=3,
+            warmup=3,
+            steps=10,
+            description="the full (GPU) profile: ViT-S/16 at 224 px, batch 64, 2x224 + 10x96 px crops, "
             "SOP class memory 65,536, DINO 65,536 / iBOT 8,192 prototypes (bf16 on GPU)",
         ),
         PerfSetting(
             "tiny",
-            ("profile=quick", "model.patch_size=4", "model.embed_dim=32", "model.depth=1", "model.num_heads=2",
-             "crops.global_size=16", "crops.local_size=8", "crops.num_local=1", "train.batch_size=8",
-             "head.hidden_dim=64", "dino.head.out_dim=128", "ibot.head.out_dim=128", *_TINY_SOP),
-            1, 1, 2,
-            "a seconds-long smoke setting for tests",
+            ("profile=quick", *_TINY),
+            channels=1,
+            warmup=1,
+            steps=2,
+            description="a seconds-long smoke setting for tests",
             targets=False,
         ),
     )

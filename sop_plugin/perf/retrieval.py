@@ -2,14 +2,13 @@
 
 Searches are SOP's: the queries are anchor rows of the memory and are excluded from
 their own candidates. The memory is synthetic but clustered like an embedding memory
-(unit vectors around ``n / 64`` random centres); exact backends do not care, IVF recall does.
+(unit vectors around ``n / 64`` random centres). Every backend is exact, so recall is a
+check (1.0 up to ties), not a trade-off.
 """
 
 from __future__ import annotations
 
 import gc
-import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,20 +16,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sop_plugin.core.retrieval import (
-    RETRIEVAL_BACKENDS,
-    get_retrieval,
-    is_available,
-    is_exact,
-    overfetch_sets,
-    search_sets,
-)
-from sop_plugin.core.retrieval_auto import AutoRetrieval
-from sop_plugin.core.retrieval_ivf import FaissIVFRetrieval
+from sop_plugin.core.retrieval import RETRIEVAL_BACKENDS, AutoRetrieval, get_retrieval, search_sets
+from sop_plugin.core.retrieval.registry import is_available
+from sop_plugin.perf.timing import median_seconds
 
 
-def clustered_memory(n: int, dim: int = 256, seed: int = 0, spread: float = 0.6,
-                     device: torch.device | str = "cpu") -> Tensor:
+def clustered_memory(
+    n: int, dim: int = 256, seed: int = 0, spread: float = 0.6, device: torch.device | str = "cpu"
+) -> Tensor:
     """``n`` unit vectors around ``max(1, n // 64)`` random unit centres (noise norm ~ ``spread``)."""
     gen = torch.Generator().manual_seed(seed)
     centres = torch.nn.functional.normalize(torch.randn(max(1, n // 64), dim, generator=gen), dim=1)
@@ -39,24 +32,9 @@ def clustered_memory(n: int, dim: int = 256, seed: int = 0, spread: float = 0.6,
     return torch.nn.functional.normalize(x, dim=1).to(device)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_seconds(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    runs = []
-    for _ in range(max(1, repeats)):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        runs.append(time.perf_counter() - start)
-    return statistics.median(runs)
-
-
-def timed_search(backend: Any, queries: Tensor, pool: Tensor, k: int, exclude: Tensor, repeats: int,
-                 device: torch.device) -> tuple[float, Tensor]:
+def timed_search(
+    backend: Any, queries: Tensor, pool: Tensor, k: int, exclude: Tensor, repeats: int, device: torch.device
+) -> tuple[float, Tensor]:
     """Median seconds of ``repeats`` searches and the indices the last one found."""
     found: list[Tensor] = []
 
@@ -77,20 +55,21 @@ def table_backends(device: torch.device) -> list[str]:
     return [n for n in sorted(RETRIEVAL_BACKENDS) if is_available(n, device)]
 
 
-#: backends that keep state between calls (an index, a calibration, an adaptive shortlist): warmed up first
-STATEFUL = ("faiss-ivf", "auto", "torch-bf16")
-
-
-def retrieval_table(memories: list[int], queries: list[int], k: int, device: torch.device,
-                    repeats: int = 3, backends: list[str] | None = None, dim: int = 256,
-                    ) -> tuple[list[dict[str, Any]], dict[str, str], dict[str, dict[str, float]]]:
+def retrieval_table(
+    memories: list[int],
+    queries: list[int],
+    k: int,
+    device: torch.device,
+    repeats: int = 3,
+    backends: list[str] | None = None,
+    dim: int = 256,
+) -> tuple[list[dict[str, Any]], dict[str, str], dict[str, dict[str, float]]]:
     """Rows ``{backend, memory, queries, k, median_s, recall, ...}``, auto's choices and its own timings.
 
-    One backend instance per memory size serves every query count, so IVF builds its index
-    once (reported as ``build_s``). Stateful backends get one untimed warm-up call per shape;
-    memories above 65,536 rows get one timed call per shape (a search takes seconds there).
-    ``auto`` runs at ``queries = 256`` (or the middle count) only: its one-off calibration
-    there is what ``auto_choice`` reports.
+    One backend instance per memory size serves every query count; memories above 65,536 rows
+    get one timed call per shape (a search takes seconds there). ``auto`` runs at
+    ``queries = 256`` (or the middle count) only, after one untimed call: its one-off
+    calibration there is what ``auto_choice`` reports.
     """
     names = backends or table_backends(device)
     rows: list[dict[str, Any]] = []
@@ -110,16 +89,10 @@ def retrieval_table(memories: list[int], queries: list[int], k: int, device: tor
                 if name == "auto" and nq != pick_q:
                     continue
                 row: dict[str, Any] = {"backend": name, "memory": n, "queries": nq, "k": k}
-                if name in STATEFUL:
-                    start = time.perf_counter()
-                    backend.search(q, pool, k, exclude=anchors)
-                    _sync(device)
-                    if isinstance(backend, FaissIVFRetrieval) and nq == queries[0]:
-                        row["build_s"] = time.perf_counter() - start  # train + add (first call)
-                        row["nlist"], row["nprobe"] = backend._index.nlist, backend._index.nprobe  # type: ignore[attr-defined]
+                if isinstance(backend, AutoRetrieval):
+                    backend.search(q, pool, k, exclude=anchors)  # calibration, untimed
                 row["median_s"], idx = timed_search(backend, q, pool, k, anchors, reps, device)
-                row.update(recall=recall_at_k(idx.cpu(), exact_idx.cpu()), exact=is_exact(name),
-                           device=device.type, data="clustered")
+                row.update(recall=recall_at_k(idx.cpu(), exact_idx.cpu()), device=device.type, data="clustered")
                 if isinstance(backend, AutoRetrieval):
                     key = backend.key(pool, q[None], k)
                     row["choice"] = auto_choice[str(n)] = backend.choice[key]
@@ -130,20 +103,29 @@ def retrieval_table(memories: list[int], queries: list[int], k: int, device: tor
     return rows, auto_choice, auto_table
 
 
-def auto_check(rows: list[dict[str, Any]], auto_choice: dict[str, str], auto_table: dict[str, dict[str, float]],
-               queries: int = 256) -> dict[str, Any]:
+def auto_check(
+    rows: list[dict[str, Any]], auto_choice: dict[str, str], auto_table: dict[str, dict[str, float]], queries: int = 256
+) -> dict[str, Any]:
     """Per memory size: auto's pick against the fastest backend it measured (``ratio``, the target)
-    and, for information, against the fastest exact backend of the table (``table_ratio``)."""
+    and, for information, against the fastest backend of the table (``table_ratio``)."""
     out: dict[str, Any] = {}
     for mem, choice in auto_choice.items():
         own = auto_table.get(mem, {})
         if choice not in own:
             continue
         fastest = min(own, key=own.__getitem__)
-        entry: dict[str, Any] = {"choice": choice, "choice_s": own[choice], "fastest": fastest,
-                                 "fastest_s": own[fastest], "ratio": own[choice] / own[fastest]}
-        table = {r["backend"]: r["median_s"] for r in rows
-                 if str(r["memory"]) == mem and r["queries"] == queries and r["exact"] and r["backend"] != "auto"}
+        entry: dict[str, Any] = {
+            "choice": choice,
+            "choice_s": own[choice],
+            "fastest": fastest,
+            "fastest_s": own[fastest],
+            "ratio": own[choice] / own[fastest],
+        }
+        table = {
+            r["backend"]: r["median_s"]
+            for r in rows
+            if str(r["memory"]) == mem and r["queries"] == queries and r["backend"] != "auto"
+        }
         if choice in table:
             entry["table_fastest"] = min(table, key=table.__getitem__)
             entry["table_ratio"] = table[choice] / table[entry["table_fastest"]]
@@ -154,8 +136,25 @@ def auto_check(rows: list[dict[str, Any]], auto_choice: dict[str, str], auto_tab
 # ---------------------------------------------------------------------------- design choices
 
 
-def design_choices(memory: int = 65536, sets: int = 4, anchors: int = 64, k: int = 8, repeats: int = 3,
-                   dim: int = 256, enqueue: int = 64) -> list[dict[str, Any]]:
+def overfetch(
+    knn: Callable[[Tensor, Tensor, int], tuple[Tensor, Tensor]], queries: Tensor, pool: Tensor, k: int, exclude: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Exclusion by over-fetching: ``knn``'s top ``k + E`` per query, then the first k not in set t's ``exclude``.
+
+    queries [T, P, d], exclude [T, E] -> ([T, P, k], [T, P, k]); ``knn(queries [Q, d], pool, n)``
+    searches without exclusion. At most E of the ``k + E`` are excluded, so the result is exact.
+    """
+    t, p, d = queries.shape
+    n = k + exclude.shape[1]
+    sims, idx = (x.view(t, p, n) for x in knn(queries.reshape(t * p, d), pool, n))
+    dropped = torch.stack([torch.isin(idx[s], exclude[s]) for s in range(t)])
+    first = torch.argsort(dropped.to(torch.uint8), dim=-1, stable=True)[..., :k]
+    return sims.gather(-1, first), idx.gather(-1, first)
+
+
+def design_choices(
+    memory: int = 65536, sets: int = 4, anchors: int = 64, k: int = 8, repeats: int = 3, dim: int = 256
+) -> list[dict[str, Any]]:
     """How to search a memory that changes every step (CPU): rebuild vs. no index, masking vs. over-fetch.
 
     The shape is SOP's class level: ``sets`` sets of ``anchors`` anchors, k SEs each.
@@ -176,7 +175,7 @@ def design_choices(memory: int = 65536, sets: int = 4, anchors: int = 64, k: int
             s, i = index.search(qq.numpy(), kk)
             return torch.from_numpy(s), torch.from_numpy(i)
 
-        return overfetch_sets(knn, q, pool, k, idx)
+        return overfetch(knn, q, pool, k, idx)
 
     def faiss_rebuild_selector() -> object:
         index = faiss.IndexFlatIP(dim)
@@ -186,58 +185,61 @@ def design_choices(memory: int = 65536, sets: int = 4, anchors: int = 64, k: int
             index.search(q[t].numpy(), k, params=faiss.SearchParameters(sel=sel))
         return None
 
-    ivf = FaissIVFRetrieval()
-    search_sets(ivf, q, pool, k, idx)  # build once
-    ptr = [0]
-
-    def ivf_update() -> object:
-        rows = torch.arange(ptr[0], ptr[0] + enqueue) % memory
-        pool[rows] = clustered_memory(enqueue, dim, seed=ptr[0] + 100)
-        ptr[0] += enqueue
-        return search_sets(ivf, q, pool, k, idx)
-
-    variants: list[tuple[str, Callable[[], object], int]] = [
-        ("torch: one search for all sets, anchors masked per set", lambda: search_sets(torch_b, q, pool, k, idx),
-         repeats),
-        ("torch: one search for all sets, over-fetch k+P and filter",
-         lambda: overfetch_sets(lambda a, b, c: torch_b.search(a, b, c), q, pool, k, idx), repeats),
-        ("torch: one search per set, anchors masked",
-         lambda: [torch_b.search(q[t], pool, k, exclude=idx[t]) for t in range(sets)], repeats),
-        ("faiss: faiss.knn on the live memory (no index), over-fetch", lambda: search_sets(faiss_b, q, pool, k, idx),
-         repeats),
-        ("faiss: rebuild IndexFlatIP every step, over-fetch", faiss_rebuild_overfetch, repeats),
-        ("faiss: rebuild IndexFlatIP every step, IDSelector exclusion per set", faiss_rebuild_selector, repeats),
-        (f"faiss-ivf: re-add the {enqueue} rows enqueued since the last step, then search", ivf_update, repeats),
-        ("faiss-ivf: rebuild the index (train + add) every step",
-         lambda: search_sets(FaissIVFRetrieval(), q, pool, k, idx), 1),
+    variants: list[tuple[str, Callable[[], object]]] = [
+        ("torch: one search for all sets, anchors masked per set", lambda: search_sets(torch_b, q, pool, k, idx)),
+        (
+            "torch: one search for all sets, over-fetch k+P and filter",
+            lambda: overfetch(torch_b.search, q, pool, k, idx),
+        ),
+        (
+            "torch: one search per set, anchors masked",
+            lambda: [torch_b.search(q[t], pool, k, exclude=idx[t]) for t in range(sets)],
+        ),
+        ("faiss: faiss.knn on the live memory (no index), over-fetch", lambda: search_sets(faiss_b, q, pool, k, idx)),
+        ("faiss: rebuild IndexFlatIP every step, over-fetch", faiss_rebuild_overfetch),
+        ("faiss: rebuild IndexFlatIP every step, IDSelector exclusion per set", faiss_rebuild_selector),
     ]
     out = []
-    for name, fn, reps in variants:
+    for name, fn in variants:
         fn()  # warm-up
-        out.append({"variant": name, "memory": memory, "sets": sets, "anchors": anchors, "k": k,
-                    "median_s": median_seconds(fn, reps, device)})
+        out.append(
+            {
+                "variant": name,
+                "memory": memory,
+                "sets": sets,
+                "anchors": anchors,
+                "k": k,
+                "median_s": median_seconds(fn, repeats, device),
+            }
+        )
     return out
 
 
 # ---------------------------------------------------------------------------- GPU correctness
 
 
-def gpu_retrieval_check(memory: int = 65536, queries: int = 1000, k: int = 8, dim: int = 256,
-                        excluded: int = 64) -> dict[str, Any]:
-    """Neighbours of ``queries`` random queries on CUDA (torch, torch-bf16, faiss-gpu if present) vs. CPU faiss."""
+def gpu_retrieval_check(
+    memory: int = 65536, queries: int = 1000, k: int = 8, dim: int = 256, excluded: int = 64
+) -> dict[str, Any]:
+    """Neighbours of ``queries`` random queries on CUDA (torch, faiss-gpu if present) vs. CPU faiss."""
     gen = torch.Generator().manual_seed(3)
     pool = clustered_memory(memory, dim, seed=3)
     q = torch.nn.functional.normalize(torch.randn(queries, dim, generator=gen), dim=1)
     ex = torch.randperm(memory, generator=gen)[:excluded]
     ref_s, ref_i = get_retrieval("faiss").search(q, pool, k, exclude=ex)
     cpu_s, cpu_i = get_retrieval("torch").search(q, pool, k, exclude=ex)
-    out: dict[str, Any] = {"memory": memory, "queries": queries, "k": k, "excluded": excluded,
-                           "torch_cpu_vs_faiss_cpu": float((cpu_i == ref_i).float().mean())}
+    out: dict[str, Any] = {
+        "memory": memory,
+        "queries": queries,
+        "k": k,
+        "excluded": excluded,
+        "torch_cpu_vs_faiss_cpu": float((cpu_i == ref_i).float().mean()),
+    }
     if not torch.cuda.is_available():
         out["cuda"] = False
         return out
     dev = torch.device("cuda")
-    for name in ("torch", "torch-bf16", "faiss"):
+    for name in ("torch", "faiss"):
         if not is_available(name, dev):
             out[f"{name}_cuda"] = "unavailable (no faiss-gpu)"
             continue

@@ -8,14 +8,14 @@ from typing import Any
 
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from sop_plugin.core.checkpoint import load_checkpoint
+from sop_plugin.runtime.checkpoint import load_checkpoint
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Atomic writes (temporary file, fsync, rename) and safe reads of checkpoints.
 
     A crash or SIGKILL mid-write leaves the previous checkpoint intact (plus a stray
-    ``*.tmp``, never read). Reads go through :func:`sop_plugin.core.checkpoint.load_checkpoint`:
+    ``*.tmp``, never read). Reads go through :func:`sop_plugin.runtime.checkpoint.load_checkpoint`:
     torch's ``weights_only`` unpickler, truncated files refused, unknown pickled types only
     with ``trust_checkpoint``.
     """

@@ -13,7 +13,6 @@ sees half a checkpoint.
 
 from __future__ import annotations
 
-import builtins
 import collections
 import pathlib
 import pickle
@@ -42,57 +41,51 @@ _WEIGHTS_ONLY = re.compile(r"WeightsUnpickler error: (.*)")
 def safe_globals() -> list[Any]:
     """Types allowed beyond torch's defaults: builtins, ``typing.Any``, pathlib paths and OmegaConf containers.
 
-    OmegaConf is optional here (``core`` does not depend on it); its types are only
-    added when it is installed.
+    OmegaConf's types are added when it is installed (hydra and solo-learn bring it).
     """
     # pathlib paths: Lightning < 2.2 stores ModelCheckpoint's dirpath as given (often a Path);
     # rebuilding a path from its parts runs no code of the file's choosing
-    allowed: list[Any] = [builtins.dict, builtins.list, builtins.int, builtins.float, builtins.str,
-                          builtins.bool, builtins.tuple, builtins.set, collections.OrderedDict,
-                          collections.defaultdict, typing.Any, pathlib.PosixPath, pathlib.PurePosixPath,
-                          pathlib.WindowsPath, pathlib.PureWindowsPath]
+    builtin_types = (dict, list, int, float, str, bool, tuple, set)
+    paths = (pathlib.PosixPath, pathlib.PurePosixPath, pathlib.WindowsPath, pathlib.PureWindowsPath)
+    allowed: list[Any] = [*builtin_types, collections.OrderedDict, collections.defaultdict, typing.Any, *paths]
     try:
-        from omegaconf import DictConfig, ListConfig
-        from omegaconf.base import ContainerMetadata, Metadata
-        from omegaconf.nodes import (
-            AnyNode,
-            BooleanNode,
-            BytesNode,
-            FloatNode,
-            IntegerNode,
-            StringNode,
-        )
-    except ImportError:  # pragma: no cover - omegaconf ships with Lightning and hydra
+        from omegaconf import DictConfig, ListConfig, base, nodes
+    except ImportError:  # pragma: no cover - omegaconf ships with hydra and solo-learn
         return allowed
-    return allowed + [DictConfig, ListConfig, ContainerMetadata, Metadata, AnyNode, BooleanNode, BytesNode,
-                      FloatNode, IntegerNode, StringNode]
+    node_types = ("AnyNode", "BooleanNode", "BytesNode", "FloatNode", "IntegerNode", "StringNode")
+    return [*allowed, DictConfig, ListConfig, base.ContainerMetadata, base.Metadata] + [
+        getattr(nodes, name) for name in node_types
+    ]
 
 
 def _check_archive(path: Path) -> None:
     """Refuse empty, truncated or CRC-corrupt zip checkpoints before unpickling anything."""
     size = path.stat().st_size
     if size == 0:
-        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): the write was interrupted; "
-                              f"resume from an earlier checkpoint")
+        raise CheckpointError(
+            f"checkpoint {path} is empty (0 bytes): the write was interrupted; resume from an earlier checkpoint"
+        )
     if not zipfile.is_zipfile(path):
         with path.open("rb") as f:
             magic = f.read(2)
         if magic[:1] == b"\x80":  # legacy (pre-1.6) torch.save format: no archive to check
             return
-        raise CheckpointError(f"checkpoint {path} ({size} bytes) is truncated or not a torch checkpoint "
-                              f"(no zip directory found); resume from an earlier checkpoint")
+        raise CheckpointError(
+            f"checkpoint {path} ({size} bytes) is truncated or not a torch checkpoint "
+            f"(no zip directory found); resume from an earlier checkpoint"
+        )
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError) as err:
         raise CheckpointError(f"checkpoint {path} is corrupt ({err}); resume from an earlier checkpoint") from err
     if bad is not None:
-        raise CheckpointError(f"checkpoint {path} is corrupt: member {bad!r} fails its CRC check; "
-                              f"resume from an earlier checkpoint")
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt: member {bad!r} fails its CRC check; resume from an earlier checkpoint"
+        )
 
 
-def load_checkpoint(path: str | Path, trust_checkpoint: bool = False,
-                    map_location: Any = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | Path, trust_checkpoint: bool = False, map_location: Any = "cpu") -> dict[str, Any]:
     """Load a checkpoint dict with torch's safe unpickler.
 
     Args:
@@ -115,20 +108,28 @@ def load_checkpoint(path: str | Path, trust_checkpoint: bool = False,
     except pickle.UnpicklingError as err:
         reason = _unsafe_reason(str(err))
         if reason is None:
-            raise CheckpointError(f"checkpoint {path} cannot be read ({_first_line(err)}); it may be truncated "
-                                  f"or corrupt: resume from an earlier checkpoint") from err
+            raise CheckpointError(
+                f"checkpoint {path} cannot be read ({_first_line(err)}); it may be truncated "
+                f"or corrupt: resume from an earlier checkpoint"
+            ) from err
         if not trust_checkpoint:
             raise CheckpointError(
                 f"checkpoint {path} contains {reason}, outside the types a checkpoint needs (tensors, numbers, "
                 f"strings, lists, dicts, OmegaConf configs). Loading it could run code from the file. Only if "
                 f"you made this file yourself, set trust_checkpoint=true"
             ) from err
-        warnings.warn(f"trust_checkpoint=true: loading {path} with the full unpickler although it contains "
-                      f"{reason}; this can run code from the file", UnsafeCheckpointWarning, stacklevel=2)
+        warnings.warn(
+            f"trust_checkpoint=true: loading {path} with the full unpickler although it contains "
+            f"{reason}; this can run code from the file",
+            UnsafeCheckpointWarning,
+            stacklevel=2,
+        )
         ckpt = _load_trusted(path, map_location)
     except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(f"checkpoint {path} cannot be read ({_first_line(err)}); it may be truncated or "
-                              f"corrupt: resume from an earlier checkpoint") from err
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({_first_line(err)}); it may be truncated or "
+            f"corrupt: resume from an earlier checkpoint"
+        ) from err
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a dict of states")
     return ckpt

@@ -1,0 +1,113 @@
+"""SOPConfig: every SOP setting under one name, the same in core, the bench (``sop.*``) and solo-learn
+(``method_kwargs``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sop_plugin.core.anchors import ANCHOR_SELECTORS
+from sop_plugin.core.retrieval import RETRIEVAL_BACKENDS
+
+
+@dataclass
+class SOPConfig:
+    """Every SOP hyper-parameter; defaults follow DESIGN.md section 1 / the reference code."""
+
+    dim: int = 256  # head bottleneck = memory dimension
+    head_hidden_dim: int = 2048
+    head_num_layers: int = 3
+    class_memory_size: int = 65536
+    patch_memory_size: int = 8192
+    class_num_sets: int = 4
+    class_num_anchors: int = 64
+    class_num_supports: int = 8
+    patch_num_sets: int = 1
+    patch_num_anchors: int = 512
+    patch_num_supports: int = 0
+    smoothing: float = 0.1
+    student_temp: float = 0.1
+    teacher_temp: float = 0.07
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_steps: int = 0
+    mim_weight: float = 1.0
+    koleo_weight: float = 0.0
+    anchor_selection: str = "uniform"
+    retrieval: str = "torch"
+    seed: int = 0
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], extra: Iterable[str] = ()) -> SOPConfig:
+        """Build from a mapping of field names (a hydra/OmegaConf node works), cast and validated.
+
+        Keys in ``extra`` belong to the host and are ignored; any other unknown key is an error
+        (a typo must not silently fall back to a default).
+        """
+        known, ignored = set(cls.field_names()), set(extra)
+        unknown = sorted(set(values) - known - ignored)
+        if unknown:
+            raise ValueError(f"unknown SOP setting(s) {unknown}; known: {sorted(known | ignored)}")
+        kwargs: dict[str, Any] = {}
+        errors: list[str] = []
+        for f in dataclasses.fields(cls):
+            if f.name not in values:
+                continue
+            value, kind = values[f.name], {"int": int, "float": float, "str": str}[str(f.type)]
+            try:
+                if kind is int and float(value) != int(float(value)):
+                    raise ValueError("not a whole number")
+                kwargs[f.name] = kind(float(value)) if kind is int else kind(value)
+            except (TypeError, ValueError):
+                errors.append(f"{f.name}={value!r} must be of type {kind.__name__}")
+        if errors:
+            raise ValueError("invalid SOP settings:\n  - " + "\n  - ".join(errors))
+        return cls(**kwargs).validate()
+
+    def validate(self, global_batch_size: int | None = None) -> SOPConfig:
+        """Raise ``ValueError`` naming the setting and the fix for any inconsistent value."""
+        errors: list[str] = []
+        for name in ("student_temp", "teacher_temp", "warmup_teacher_temp"):
+            if getattr(self, name) <= 0:
+                errors.append(f"{name}={getattr(self, name)} must be > 0")
+        if not 0.0 <= self.smoothing < 1.0:
+            errors.append(f"smoothing={self.smoothing} must be in [0, 1)")
+        for name in ("mim_weight", "koleo_weight", "warmup_teacher_temp_steps"):
+            if getattr(self, name) < 0:
+                errors.append(f"{name}={getattr(self, name)} must be >= 0")
+        for name in ("dim", "head_hidden_dim", "head_num_layers"):
+            if getattr(self, name) < 1:
+                errors.append(f"{name}={getattr(self, name)} must be >= 1")
+        for level in ("class", "patch"):
+            size = getattr(self, f"{level}_memory_size")
+            p = getattr(self, f"{level}_num_anchors")
+            k = getattr(self, f"{level}_num_supports")
+            t = getattr(self, f"{level}_num_sets")
+            if t < 1:
+                errors.append(f"{level}_num_sets={t} must be >= 1")
+            if p < 2:
+                errors.append(f"{level}_num_anchors={p} must be >= 2 (a SOP set needs two regions)")
+            if k < 0:
+                errors.append(f"{level}_num_supports={k} must be >= 0")
+            if p * (k + 1) > size:
+                errors.append(
+                    f"{level}_num_anchors x ({level}_num_supports + 1) = {p * (k + 1)} exceeds "
+                    f"{level}_memory_size={size}: lower anchors/supports or enlarge the memory"
+                )
+            if global_batch_size is not None and global_batch_size > size:
+                errors.append(
+                    f"global batch {global_batch_size} exceeds {level}_memory_size={size}: "
+                    f"the memory must hold at least one step of embeddings"
+                )
+        if self.anchor_selection not in ANCHOR_SELECTORS:
+            errors.append(f"anchor_selection={self.anchor_selection!r}; choose one of {sorted(ANCHOR_SELECTORS)}")
+        if self.retrieval not in RETRIEVAL_BACKENDS:
+            errors.append(f"retrieval={self.retrieval!r}; choose one of {sorted(RETRIEVAL_BACKENDS)}")
+        if errors:
+            raise ValueError("invalid SOP settings:\n  - " + "\n  - ".join(errors))
+        return self

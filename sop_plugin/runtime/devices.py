@@ -1,0 +1,25 @@
+"""How many processes a Lightning ``devices`` / ``num_nodes`` setting starts (both hosts)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+def num_devices(devices: Any) -> int:
+    """Devices a Lightning ``devices`` value names: 4, [0, 1], "2", "0,1"; 1 when it cannot tell."""
+    if isinstance(devices, str):
+        text = devices.strip()
+        if text.isdigit():
+            return max(1, int(text))
+        return len([d for d in text.split(",") if d.strip()]) if "," in text else 1
+    if isinstance(devices, Sequence):  # list, tuple, OmegaConf ListConfig
+        return max(1, len(devices))
+    if isinstance(devices, int):
+        return max(1, devices)
+    return 1
+
+
+def world_size(devices: Any = 1, num_nodes: Any = 1) -> int:
+    """Processes of a run: devices per node x nodes."""
+    return num_devices(devices) * max(1, int(num_nodes or 1))
