@@ -10,10 +10,11 @@ from typing import Any
 
 from sop_plugin.bench.objectives import OBJECTIVES
 from sop_plugin.bench.resume import resolve_resume
-from sop_plugin.core import BlockMaskGenerator, SOPConfig
+from sop_plugin.core import SOPConfig
 from sop_plugin.data import DATASETS, MultiCropAugment
 from sop_plugin.runtime import POLICIES
 from sop_plugin.runtime import world_size as runtime_world_size
+from sop_plugin.runtime.masking import BlockMaskGenerator
 
 
 class ConfigError(ValueError):

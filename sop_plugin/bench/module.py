@@ -11,21 +11,14 @@ import torch
 from torch import Tensor
 
 from sop_plugin.bench.distributed import exact_ddp_centers
+from sop_plugin.bench.ema import ema_update
 from sop_plugin.bench.encoder import MaskedEncoder, build_vit
 from sop_plugin.bench.nonfinite import checkpoint_hint, describe
 from sop_plugin.bench.objectives import build_objective
-from sop_plugin.core import (
-    NULL_TIMER,
-    BlockMaskGenerator,
-    PhaseTimer,
-    cosine_schedule,
-    ema_update,
-    mix_seed,
-    rank_and_world,
-    warmup_cosine,
-)
+from sop_plugin.core import NULL_TIMER, PhaseTimer, cosine_schedule, mix_seed, rank_and_world, warmup_cosine
 from sop_plugin.data.augment import EvalTransform, MultiCropAugment
 from sop_plugin.runtime import NonFiniteGuard
+from sop_plugin.runtime.masking import BlockMaskGenerator
 
 
 class BenchModule(L.LightningModule):

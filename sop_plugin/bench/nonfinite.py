@@ -8,6 +8,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from sop_plugin.core import SOPObjective
+from sop_plugin.runtime import explain_nonfinite
 from sop_plugin.runtime.nonfinite import nonfinite_buffers
 
 
@@ -15,7 +16,7 @@ def describe(objective: nn.Module, logs: dict[str, Any], loss: Tensor) -> str:
     """What is non-finite: SOP's own explanation (loss per SOP set, inputs, memories), else the logged parts."""
     inner = getattr(objective, "objective", None)
     if isinstance(inner, SOPObjective):
-        return inner.explain_nonfinite()
+        return explain_nonfinite(inner)
     parts = [f"total loss {float(loss.detach()):.4g}"]
     for key in ("loss_cls", "loss_mim"):
         if key in logs:

@@ -1,5 +1,5 @@
-"""Host-agnostic SOP: config, memories, retrieval, SOP sets and assignment, losses, masking, head,
-the objective and its diagnostics.
+"""Host-agnostic SOP: config, memories, retrieval, SOP sets and assignment, losses, head, the objective
+and its diagnostics (block masks and the EMA are the hosts': ``sop_plugin.runtime.masking``, ``bench.ema``).
 
 Imports torch only (and faiss inside ``retrieval``); no Lightning, hydra, lightly, timm or solo-learn.
 """
@@ -9,9 +9,7 @@ from sop_plugin.core.config import SOPConfig
 from sop_plugin.core.distributed import gather_across_ranks, rank_and_world
 from sop_plugin.core.head import SOPHead
 from sop_plugin.core.losses import sop_global_loss, sop_mim_loss
-from sop_plugin.core.masking import BlockMaskGenerator
 from sop_plugin.core.memory import SupportMemory
-from sop_plugin.core.momentum import ema_update
 from sop_plugin.core.objective import SOPLossOutput, SOPObjective
 from sop_plugin.core.retrieval import RETRIEVAL_BACKENDS, Retrieval, get_retrieval, register_retrieval
 from sop_plugin.core.schedules import cosine_schedule, linear_warmup, warmup_cosine
@@ -19,11 +17,10 @@ from sop_plugin.core.seeding import mix_seed, seeded_generator
 from sop_plugin.core.sops import SOPSet, assign, build_sop_sets, build_sops, sample_anchors
 from sop_plugin.core.timing import NULL_TIMER, PhaseTimer
 
-__all__ = [
+__all__ = [  # fmt: skip
     "ANCHOR_SELECTORS",
     "NULL_TIMER",
     "RETRIEVAL_BACKENDS",
-    "BlockMaskGenerator",
     "PhaseTimer",
     "Retrieval",
     "SOPConfig",
@@ -36,7 +33,6 @@ __all__ = [
     "build_sop_sets",
     "build_sops",
     "cosine_schedule",
-    "ema_update",
     "gather_across_ranks",
     "get_retrieval",
     "linear_warmup",

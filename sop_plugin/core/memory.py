@@ -1,8 +1,7 @@
 """FIFO memory of unit vectors (the support memory M_c / M_p of SOP).
 
-The memory is a module buffer, so it travels with ``state_dict`` and every
-checkpoint; enqueueing all-gathers across ranks first so that every DDP rank
-holds the same memory after each step.
+A module buffer, so it travels with ``state_dict`` and every checkpoint; enqueueing all-gathers
+across ranks first so that every DDP rank holds the same memory after each step.
 """
 
 from __future__ import annotations

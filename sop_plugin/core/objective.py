@@ -16,7 +16,6 @@ from torch import Tensor, nn
 
 from sop_plugin.core.anchors import ANCHOR_SELECTORS
 from sop_plugin.core.config import SOPConfig
-from sop_plugin.core.diagnostics import StepRecord, explain_nonfinite
 from sop_plugin.core.distributed import rank_and_world
 from sop_plugin.core.losses import sop_global_loss, sop_mim_loss
 from sop_plugin.core.memory import SupportMemory
@@ -25,6 +24,26 @@ from sop_plugin.core.schedules import linear_warmup
 from sop_plugin.core.seeding import seeded_generator
 from sop_plugin.core.sops import SOPSet, assign, build_sop_sets
 from sop_plugin.core.timing import NULL_TIMER, PhaseTimer
+
+
+@dataclass
+class StepRecord:
+    """Detached tensors of one SOP step (references, not copies)."""
+
+    step: int
+    student_temp: float
+    teacher_temp: float
+    student_cls: Tensor  # [V, B, d]
+    teacher_cls: Tensor  # [G, B, d]
+    class_student_probs: Tensor  # [T, V, B, P]
+    class_teacher_probs: Tensor  # [T, G, B, P]
+    patch_student: Tensor | None = None  # [M, d] student patch embeddings
+    patch_teacher: Tensor | None = None  # [M, d]
+    patch_student_probs: Tensor | None = None  # [T, M, P]
+    patch_teacher_probs: Tensor | None = None  # [T, M, P]
+    patch_image_index: Tensor | None = None  # [M]
+    num_images: int = 0
+    losses: dict[str, Tensor] | None = None  # cls, mim, koleo, total
 
 
 @dataclass
@@ -69,10 +88,9 @@ class SOPObjective(nn.Module):
         self.patch_memory = SupportMemory(self.cfg.patch_memory_size, self.cfg.dim, seed=self.cfg.seed + 1)
         self.retrieval = retrieval or get_retrieval(self.cfg.retrieval)
         self._select = ANCHOR_SELECTORS[self.cfg.anchor_selection]
-        #: detached tensors of the last step, for :meth:`explain_nonfinite` (no copies)
+        #: detached tensors of the last step, for ``sop_plugin.runtime.explain_nonfinite`` (no copies)
         self.last_step: StepRecord | None = None
 
-    # ---------------------------------------------------------------- randomness
     def generator(self, step: int, stream: int) -> torch.Generator:
         """CPU generator for (seed, step, stream): identical on every rank and after resume."""
         return seeded_generator(self.cfg.seed, step, stream)
@@ -81,26 +99,19 @@ class SOPObjective(nn.Module):
         c = self.cfg
         return linear_warmup(step, c.warmup_teacher_temp_steps, c.warmup_teacher_temp, c.teacher_temp)
 
-    # ---------------------------------------------------------------- SOP sets
     def build_sets(self, level: str, step: int) -> SOPSet:
         """Fresh stacked SOP sets [T, ...] for ``level`` in {"class", "patch"} at ``step``."""
         c = self.cfg
         memory: SupportMemory = getattr(self, f"{level}_memory")
         stream = 0 if level == "class" else 1
-        anchors = self._select(
-            memory.size,
-            getattr(c, f"{level}_num_anchors"),
-            getattr(c, f"{level}_num_sets"),
-            self.generator(step, stream),
-            memory.bank.device,
-        )
+        p, t = getattr(c, f"{level}_num_anchors"), getattr(c, f"{level}_num_sets")
+        anchors = self._select(memory.size, p, t, self.generator(step, stream), memory.bank.device)
         k = getattr(c, f"{level}_num_supports")
         # one search for all T sets (set t's anchors are excluded from set t only); every rank
         # builds these sets, so retrieval="auto" may agree on rank 0's backend here
         with lockstep(self.retrieval):
             return build_sop_sets(memory.bank, anchors, k, c.smoothing, self.retrieval, self.timer)
 
-    # ---------------------------------------------------------------- patch selection
     def memory_patch_index(
         self, batch_size: int, num_patches: int, step: int, device: torch.device | str = "cpu"
     ) -> Tensor:
@@ -128,7 +139,6 @@ class SOPObjective(nn.Module):
         memory = torch.arange(b, device=masks.device) * n + pick
         return masked, memory
 
-    # ---------------------------------------------------------------- forward
     def forward(
         self,
         student_cls: Tensor,
@@ -142,19 +152,11 @@ class SOPObjective(nn.Module):
     ) -> SOPLossOutput:
         """One step of SOP.
 
-        Patch embeddings come either dense, [G, B, N, d] for every patch of the global views,
-        or pre-selected with :meth:`select_patches` (cheaper: the head only sees those), as
-        [M, d] rows of the masked patches plus ``memory_patches`` [B, d].
-
-        Args:
-            student_cls: [V, B, d] student head outputs of all views (2 global first, then local).
-            teacher_cls: [G, B, d] teacher head outputs of the G global views (no gradient needed).
-            student_patches: student outputs of the masked global views' patches (dense or [M, d]).
-            teacher_patches: teacher outputs of the same patches in the unmasked views.
-            masks: [G, B, N] bool, True where the student's patch was masked.
-            step: global optimisation step (seeds the SOP sets, drives the temperature warm-up).
-            update_memory: enqueue teacher embeddings after computing the loss.
-            memory_patches: [B, d] teacher patch rows for the patch memory (pre-selected form).
+        ``student_cls`` [V, B, d]: student head outputs of all views (2 global first); ``teacher_cls``
+        [G, B, d]: the teacher's of the G global views; ``masks`` [G, B, N] bool (True: masked for the
+        student). Patch outputs come dense, [G, B, N, d], or pre-selected with :meth:`select_patches`
+        (the head then sees only those): [M, d] masked rows plus ``memory_patches`` [B, d]. ``step``
+        seeds the SOP sets and drives the temperature warm-up; ``update_memory`` enqueues afterwards.
         """
         c = self.cfg
         self._check_shapes(student_cls, teacher_cls, student_patches, teacher_patches, masks)
@@ -223,52 +225,30 @@ class SOPObjective(nn.Module):
         if memory_patches is not None:
             self.patch_memory.enqueue(memory_patches.detach().float())
 
-    def explain_nonfinite(self) -> str:
-        """Which part of the last step is non-finite (loss, SOP set, inputs, memories) and why."""
-        return explain_nonfinite(self.last_step, self.class_memory, self.patch_memory)
-
-    # ---------------------------------------------------------------- helpers
-    def _check_shapes(
-        self,
-        student_cls: Tensor,
-        teacher_cls: Tensor,
-        student_patches: Tensor | None,
-        teacher_patches: Tensor | None,
-        masks: Tensor | None,
-    ) -> None:
-        d = self.cfg.dim
-        if student_cls.ndim != 3 or teacher_cls.ndim != 3:
-            raise ValueError(
-                f"student_cls must be [V, B, d] and teacher_cls [G, B, d], got "
-                f"{tuple(student_cls.shape)} and {tuple(teacher_cls.shape)}"
-            )
-        if student_cls.shape[-1] != d or teacher_cls.shape[-1] != d:
-            raise ValueError(
-                f"embeddings have dim {student_cls.shape[-1]}/{teacher_cls.shape[-1]} but the SOP "
-                f"memories have dim={d}: set dim to the head's bottleneck dimension"
-            )
-        if teacher_cls.shape[1] != student_cls.shape[1] or teacher_cls.shape[0] > student_cls.shape[0]:
-            raise ValueError("teacher_cls must have the student's batch size and at most its number of views")
-        if student_patches is not None:
-            if teacher_patches is None or masks is None:
-                raise ValueError("student_patches need teacher_patches and masks")
-            g, b = teacher_cls.shape[:2]
-            if masks.dtype != torch.bool or masks.ndim != 3 or masks.shape[:2] != (g, b):
-                raise ValueError(f"masks must be bool [G={g}, B={b}, N], got {masks.dtype} {tuple(masks.shape)}")
-            if student_patches.shape != teacher_patches.shape or student_patches.shape[-1] != d:
-                raise ValueError(
-                    f"student and teacher patch outputs must have equal shapes ending in d={d}, got "
-                    f"{tuple(student_patches.shape)} and {tuple(teacher_patches.shape)}"
-                )
-            if student_patches.ndim == 4 and student_patches.shape[:3] != masks.shape:
-                raise ValueError(
-                    f"dense patch outputs must be [G, B, N, d] with masks [G, B, N] = {tuple(masks.shape)}"
-                )
-            if student_patches.ndim == 2 and student_patches.shape[0] != int(masks.sum()):
-                raise ValueError(
-                    f"pre-selected patch outputs must have one row per masked patch ({int(masks.sum())}), "
-                    f"got {student_patches.shape[0]}: use SOPObjective.select_patches"
-                )
+    # fmt: off
+    def _check_shapes(self, s_cls: Tensor, t_cls: Tensor, s_p: Tensor | None, t_p: Tensor | None,
+                      masks: Tensor | None) -> None:
+        d, shape = self.cfg.dim, lambda x: tuple(x.shape)
+        _require(s_cls.ndim == 3 and t_cls.ndim == 3,
+                 f"student_cls must be [V, B, d] and teacher_cls [G, B, d], got {shape(s_cls)} and {shape(t_cls)}")
+        _require(s_cls.shape[-1] == d and t_cls.shape[-1] == d, f"embeddings have dim {s_cls.shape[-1]}/"
+                 f"{t_cls.shape[-1]} but the SOP memories have dim={d}: set dim to the head's bottleneck dimension")
+        _require(t_cls.shape[1] == s_cls.shape[1] and t_cls.shape[0] <= s_cls.shape[0],
+                 "teacher_cls must have the student's batch size and at most its number of views")
+        if s_p is None:
+            return
+        _require(t_p is not None and masks is not None, "student_patches need teacher_patches and masks")
+        assert t_p is not None and masks is not None
+        g, b = t_cls.shape[:2]
+        _require(masks.dtype == torch.bool and masks.ndim == 3 and masks.shape[:2] == (g, b),
+                 f"masks must be bool [G={g}, B={b}, N], got {masks.dtype} {shape(masks)}")
+        _require(s_p.shape == t_p.shape and s_p.shape[-1] == d, "student and teacher patch outputs must have "
+                 f"equal shapes ending in d={d}, got {shape(s_p)} and {shape(t_p)}")
+        _require(s_p.ndim != 4 or s_p.shape[:3] == masks.shape,
+                 f"dense patch outputs must be [G, B, N, d] with masks [G, B, N] = {shape(masks)}")
+        _require(s_p.ndim != 2 or s_p.shape[0] == int(masks.sum()), "pre-selected patch outputs must have one row "
+                 f"per masked patch ({int(masks.sum())}), got {s_p.shape[0]}: use SOPObjective.select_patches")
+    # fmt: on
 
     @staticmethod
     def _class_stats(t_probs: Tensor) -> dict[str, float]:
@@ -279,3 +259,8 @@ class SOPObjective(nn.Module):
             ent = -(usage * usage.clamp_min(1e-12).log()).sum(-1).mean()
             norm_ent = float(ent / torch.log(torch.tensor(float(usage.shape[-1]))))
         return {"teacher_max_prob": max_prob, "sop_usage_entropy": norm_ent}
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)

@@ -1,14 +1,11 @@
 """Self-organizing prototypes: building SOP sets from a memory and assigning embeddings to them.
 
-A SOP set is P prototypes, each made of one anchor drawn from the memory and its k nearest
-neighbours in the rest of the memory (its support embeddings, SEs). Every support row votes for
-its own SOP with weight w (anchor: 1 - smoothing; SE: its cosine to the anchor clamped to
-[0, 1]) and spreads 1 - w evenly over the other P - 1 SOPs. An embedding u is assigned to the
-SOPs as ``softmax(u @ supports.T / tau) @ votes``, a distribution over the P SOPs.
-
-One implementation serves one set and the T sets of a training step: :func:`build_sop_sets`
-searches all T * P anchors at once, :func:`build_sops` is its T = 1 case, and :func:`assign`
-takes either without materialising the vote matrices.
+A SOP set is P prototypes: an anchor drawn from the memory and its k nearest neighbours in the rest
+of the memory (support embeddings, SEs). Each row votes for its SOP with weight w (anchor 1 - smoothing,
+SE its cosine to the anchor clamped to [0, 1]) and spreads 1 - w over the other P - 1. An embedding u
+is assigned as ``softmax(u @ supports.T / tau) @ votes``. One implementation serves one set and the T
+sets of a step: :func:`build_sops` is the T = 1 case of :func:`build_sop_sets`; :func:`assign` takes
+either without materialising the vote matrices.
 """
 
 from __future__ import annotations

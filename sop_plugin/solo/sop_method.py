@@ -36,8 +36,9 @@ from solo.utils.momentum import initialize_momentum_params
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-from sop_plugin.core import BlockMaskGenerator, SOPConfig, SOPHead, SOPObjective, mix_seed, rank_and_world
-from sop_plugin.runtime import NonFiniteGuard, world_size
+from sop_plugin.core import SOPConfig, SOPHead, SOPObjective, mix_seed, rank_and_world
+from sop_plugin.runtime import NonFiniteGuard, explain_nonfinite, world_size
+from sop_plugin.runtime.masking import BlockMaskGenerator
 
 log = logging.getLogger(__name__)
 
@@ -356,7 +357,7 @@ class SOP(BaseMomentumMethod):
         return self.nonfinite.skipped_steps
 
     def _explain_nonfinite(self, solo_loss: Tensor) -> str:
-        sop = self.objective.explain_nonfinite()
+        sop = explain_nonfinite(self.objective)
         if bool(torch.isfinite(solo_loss.detach()).all()):
             return sop
         return f"solo-learn's online classifier loss is {float(solo_loss):.4g}; SOP: {sop}"

@@ -4,8 +4,10 @@ import copy
 
 import torch
 
+from sop_plugin.bench.ema import ema_update
 from sop_plugin.bench.encoder import MaskedEncoder, build_vit
-from sop_plugin.core import BlockMaskGenerator, SOPConfig, SOPHead, SOPObjective, ema_update
+from sop_plugin.core import SOPConfig, SOPHead, SOPObjective
+from sop_plugin.runtime.masking import BlockMaskGenerator
 
 
 def test_sop_loss_decreases_on_fixed_batch() -> None:

@@ -13,8 +13,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from sop_plugin.bench.ema import ema_update
 from sop_plugin.bench.encoder import MaskedEncoder, build_vit
-from sop_plugin.core import BlockMaskGenerator, SOPConfig, SOPHead, SOPObjective, ema_update
+from sop_plugin.core import SOPConfig, SOPHead, SOPObjective
+from sop_plugin.runtime.masking import BlockMaskGenerator
 
 GLOBAL_BATCH = 8
 STEPS = 10

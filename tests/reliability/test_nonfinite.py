@@ -16,7 +16,7 @@ import torch
 
 from sop_plugin.bench.runner import fit_method, load_data
 from sop_plugin.core import SOPConfig, SOPObjective
-from sop_plugin.runtime import NonFiniteLossError, load_checkpoint
+from sop_plugin.runtime import NonFiniteLossError, explain_nonfinite, load_checkpoint
 from tests.reliability.relutil import LossRecorder, overrides, state_of, tiny_config
 
 HERE = Path(__file__).parent
@@ -106,7 +106,7 @@ def test_nonfinite_explain_names_the_sop_set() -> None:
     record = obj.last_step
     assert record is not None
     record.class_student_probs[1, 0, 0, 0] = float("nan")
-    text = obj.explain_nonfinite()
+    text = explain_nonfinite(obj)
     assert "non-finite in set(s) [1]" in text and "class memory 64x8, ptr 0: all rows finite unit vectors" in text
 
 

@@ -62,7 +62,7 @@ def test_solo_nonfinite_stop_names_the_component(
         _run(tiny_image_folder, tmp_path, [])
     message = str(err.value)
     assert f"non-finite SOP loss at step {BAD_STEP}" in message
-    assert "class loss" in message and "student" in message  # SOPObjective.explain_nonfinite()
+    assert "class loss" in message and "student" in message  # runtime.explain_nonfinite()
     assert "no checkpoint written yet" in message
     assert "method_kwargs.on_nonfinite=skip" in message
 

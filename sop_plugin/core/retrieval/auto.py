@@ -89,7 +89,9 @@ class AutoRetrieval(SetSearch):
         for name in set(self._backends) - set(self.choice.values()):  # free the losers' buffers
             del self._backends[name]
         measured = ", ".join(f"{n} {s * 1e3:.2f} ms" for n, s in sorted(times.items(), key=lambda kv: kv[1]))
-        log.info("retrieval=auto: memory %d, %d set(s) x %d queries, k=%d, dim %d on %s -> %s (%s)", *key, best, measured)
+        log.info(
+            "retrieval=auto: memory %d, %d set(s) x %d queries, k=%d, dim %d on %s -> %s (%s)", *key, best, measured
+        )
 
     def _time(self, backend: Retrieval, queries: Tensor, pool: Tensor, k: int, exclude: Tensor | None) -> float:
         """Seconds per search: the best of up to ``repeats`` calls after a warm-up call (the least noisy

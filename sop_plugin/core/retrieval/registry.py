@@ -1,13 +1,10 @@
-"""The retrieval interface and its registry; imports no backend.
+"""The retrieval interface and its registry (imports no backend).
 
-``search(queries [P, d], pool [N, d], k, exclude=None) -> (similarities [P, k], indices [P, k])``
-ranks ``pool`` rows by inner product with each (unit) query, best first. ``exclude`` (1-D pool
-row indices) removes rows from every query's candidates: that is how anchors are kept out of
-their own support set without copying the memory. :func:`search_sets` answers the T SOP sets of
-a step at once (queries [T, P, d], exclude [T, E]: set t's rows are excluded from set t only).
-
-Backends register themselves with :func:`register_retrieval` when their module is imported
-(``sop_plugin.core.retrieval`` imports them all); :func:`get_retrieval` builds one by name.
+``search(queries [P, d], pool [N, d], k, exclude=None) -> (similarities [P, k], indices [P, k])`` ranks
+``pool`` rows by inner product with each (unit) query, best first; ``exclude`` (pool row indices) keeps
+anchors out of their own support set without copying the memory. ``search_sets`` answers the T SOP sets
+of a step at once (queries [T, P, d], exclude [T, E]: set t's rows excluded from set t only). Backends
+register themselves when ``sop_plugin.core.retrieval`` imports them.
 """
 
 from __future__ import annotations

@@ -1,41 +1,20 @@
 """Name what went non-finite in a SOP step: which loss, which SOP set, inputs, memories.
 
-:class:`~sop_plugin.core.objective.SOPObjective` keeps detached references to the
-tensors of its last step (:class:`StepRecord`, no copies); the functions here turn them
-into per-set losses and a one-paragraph explanation, computed only when a host asks
-(after it saw a non-finite loss), so the happy path pays nothing.
+:class:`~sop_plugin.core.SOPObjective` keeps detached references to the tensors of its last
+step (``last_step``, a :class:`~sop_plugin.core.objective.StepRecord`, no copies); the functions
+here turn them into per-set losses and a one-paragraph explanation, computed only when a host's
+non-finite guard asks (after it saw a non-finite loss), so the happy path pays nothing.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from sop_plugin.core.losses import sop_global_loss, sop_mim_loss
-from sop_plugin.core.memory import SupportMemory
-
-
-@dataclass
-class StepRecord:
-    """Detached tensors of one SOP step (references, not copies)."""
-
-    step: int
-    student_temp: float
-    teacher_temp: float
-    student_cls: Tensor  # [V, B, d]
-    teacher_cls: Tensor  # [G, B, d]
-    class_student_probs: Tensor  # [T, V, B, P]
-    class_teacher_probs: Tensor  # [T, G, B, P]
-    patch_student: Tensor | None = None  # [M, d] student patch embeddings
-    patch_teacher: Tensor | None = None  # [M, d]
-    patch_student_probs: Tensor | None = None  # [T, M, P]
-    patch_teacher_probs: Tensor | None = None  # [T, M, P]
-    patch_image_index: Tensor | None = None  # [M]
-    num_images: int = 0
-    losses: dict[str, Tensor] | None = None  # cls, mim, koleo, total
+from sop_plugin.core import SOPObjective, SupportMemory, sop_global_loss, sop_mim_loss
+from sop_plugin.core.objective import StepRecord
 
 
 def _nonfinite(x: Tensor | None) -> int:
@@ -75,8 +54,9 @@ def _fmt(values: list[float]) -> str:
     return "[" + ", ".join(f"{i}: {v:.4g}" for i, v in enumerate(values)) + "]"
 
 
-def explain_nonfinite(record: StepRecord | None, class_memory: SupportMemory, patch_memory: SupportMemory) -> str:
-    """A paragraph naming the non-finite component(s) of the recorded step and the likely cause."""
+def explain_nonfinite(objective: SOPObjective) -> str:
+    """A paragraph naming the non-finite component(s) of the objective's last step and the likely cause."""
+    record, class_memory, patch_memory = objective.last_step, objective.class_memory, objective.patch_memory
     mems = f"{memory_state('class', class_memory)}; {memory_state('patch', patch_memory)}"
     if record is None:
         return f"no SOP step recorded yet; {mems}"

@@ -1,0 +1,34 @@
+"""Thread settings of the command-line tools, so that a run does not collapse on a shared CPU.
+
+torch's intra-op thread pool is OpenMP (libgomp), whose threads by default *spin* while
+waiting for the next parallel region. When another CPU-bound process shares the cores,
+the spinning threads take the CPU time the working thread needs, and a step that takes
+0.25 s on an idle 2-core machine can take seconds (measured: docs/performance.md).
+``OMP_WAIT_POLICY=PASSIVE`` makes waiting threads sleep instead. libgomp reads the
+variable once, when torch is loaded, so it has to be set before ``import torch``.
+
+Importing this module sets ``OMP_WAIT_POLICY=PASSIVE`` unless the environment already
+names a policy (yours wins) or torch is already loaded (too late to take effect). The
+entry points of ``sop-bench``, ``sop-perf`` and the solo-learn launchers import it before
+anything that imports torch. The thread count stays torch's default (one per core);
+``threads=N`` (``sop-bench``, ``sop-perf``) or ``OMP_NUM_THREADS`` override it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+#: the policy the tools use unless ``OMP_WAIT_POLICY`` is set
+WAIT_POLICY = "PASSIVE"
+
+
+def prefer_passive_wait() -> bool:
+    """Set ``OMP_WAIT_POLICY=PASSIVE`` if nothing set a policy and torch is not loaded yet; True when set."""
+    if "OMP_WAIT_POLICY" in os.environ or "torch" in sys.modules:
+        return False
+    os.environ["OMP_WAIT_POLICY"] = WAIT_POLICY
+    return True
+
+
+prefer_passive_wait()
