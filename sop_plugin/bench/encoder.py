@@ -12,15 +12,8 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 
-def build_vit(
-    img_size: int,
-    patch_size: int,
-    embed_dim: int,
-    depth: int,
-    num_heads: int,
-    in_chans: int = 3,
-    drop_path_rate: float = 0.0,
-) -> VisionTransformer:
+def build_vit(img_size: int, patch_size: int, embed_dim: int, depth: int, num_heads: int, in_chans: int = 3,
+              drop_path_rate: float = 0.0) -> VisionTransformer:  # fmt: skip
     """A timm ViT without classifier; raises if the image does not tile into patches."""
     if img_size % patch_size != 0:
         raise ValueError(

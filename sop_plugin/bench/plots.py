@@ -1,4 +1,4 @@
-"""PNG plots for the benchmark report: learning curves, metric bars, SOP grids.
+"""PNG plots for the benchmark report: learning curves, metric bars, SOP grids, embedding maps.
 
 Figures are built with ``matplotlib.figure.Figure`` and the Agg canvas
 directly, never through pyplot, so no display or global backend is touched
@@ -7,11 +7,13 @@ and nothing leaks between calls.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
@@ -50,8 +52,14 @@ def plot_learning_curves(
     return _save(fig, path)
 
 
-def plot_metric_bars(results: Mapping[str, Mapping[str, float]], metrics: Sequence[str], path: str | Path) -> Path:
-    """Grouped bars: one group per metric, one bar per method, value printed on top."""
+def plot_metric_bars(
+    results: Mapping[str, Mapping[str, float]],
+    metrics: Sequence[str],
+    path: str | Path,
+    title: str = "Final metrics",
+    labels: Mapping[str, str] | None = None,
+) -> Path:
+    """Grouped bars: one group per metric, one bar per method, value printed on top (none where missing)."""
     methods = list(results)
     fig = Figure(figsize=(max(5.0, 1.6 * len(metrics) + 2.0), 4.0))
     ax = fig.add_subplot()
@@ -60,10 +68,10 @@ def plot_metric_bars(results: Mapping[str, Mapping[str, float]], metrics: Sequen
     for i, method in enumerate(methods):
         values = [float(results[method].get(m, float("nan"))) for m in metrics]
         bars = ax.bar(x + (i - (len(methods) - 1) / 2) * width, values, width, label=method)
-        ax.bar_label(bars, fmt="%.1f", fontsize=7)
-    ax.set_xticks(x, list(metrics))
+        ax.bar_label(bars, labels=["" if math.isnan(v) else f"{v:.1f}" for v in values], fontsize=7)
+    ax.set_xticks(x, [(labels or {}).get(m, m) for m in metrics])
     ax.set_ylabel("%")
-    ax.set_title("Final metrics")
+    ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     if methods:
         ax.legend()
@@ -148,4 +156,53 @@ def plot_sop_grid(
                 if sims is not None:
                     ax.set_title(f"{float(sims[row, col - 1]):.2f}", fontsize=7)
     fig.suptitle("SOPs: anchor and support embeddings", fontsize=9)
+    return _save(fig, path)
+
+
+def plot_suite_bars(rows: Mapping[str, Mapping[str, float]], path: str | Path) -> Path:
+    """The evaluation suite's bars: one group per metric, one bar per method and control.
+
+    ``rows``: name -> flat metrics, as :func:`sop_plugin.bench.report.suite_rows` gives them.
+    """
+    metrics = list(dict.fromkeys(k for row in rows.values() for k in row))
+    labels = {k: k.replace("fewshot_top1.", "fewshot ").replace("_top1", "").replace("seg_", "seg ") for k in metrics}
+    return plot_metric_bars(rows, metrics, path, title="Evaluation suite (teacher backbone)", labels=labels)
+
+
+def plot_embedding_map(
+    panels: Mapping[str, tuple[np.ndarray, np.ndarray]], class_names: Sequence[str], path: str | Path, backend: str
+) -> Path:
+    """One scatter panel per name (``(xy [N, 2], labels [N])``), one colour per class, a shared legend."""
+    names = list(panels)
+    if not names:
+        raise ValueError("no embeddings to map")
+    cols = min(len(names), 4)
+    rows = -(-len(names) // cols)
+    fig = Figure(figsize=(3.4 * cols, 3.4 * rows + 0.6))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    n_classes = len(class_names)
+    palette = colormaps["tab10" if n_classes <= 10 else "tab20" if n_classes <= 20 else "turbo"]
+    handles = []
+    for ax, name in zip(axes.flat, names):
+        xy, labels = panels[name]
+        for k, cname in enumerate(class_names):
+            sel = labels == k
+            if not sel.any():
+                continue
+            colour = palette(k if n_classes <= 20 else k / max(1, n_classes - 1))
+            h = ax.scatter(xy[sel, 0], xy[sel, 1], s=2, color=colour, label=cname, rasterized=True)
+            if ax is axes.flat[0]:
+                handles.append(h)
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in list(axes.flat)[len(names) :]:
+        ax.set_visible(False)
+    if n_classes <= 20:
+        fig.legend(
+            handles=handles, loc="lower center", ncol=min(len(handles), 5), fontsize=7, markerscale=4, frameon=False
+        )
+    label = {"umap": "UMAP (cosine)", "tsne": "t-SNE (cosine)"}.get(backend, backend)
+    fig.suptitle(f"Test embeddings of the teacher backbone, {label}", fontsize=10)
+    fig.subplots_adjust(bottom=0.12 if n_classes <= 20 else 0.02)
     return _save(fig, path)

@@ -11,6 +11,12 @@ Schema (accuracies and retrieval scores in percent)::
 
 Extra keys are allowed and ignored, so the runner may store more (curves, the step-time tail
 ``step_seconds_p90`` / ``step_seconds_max`` and ``step_seconds_sum``, ...).
+
+Optional, from the evaluation suite (``eval.suite``, docs/evaluation.md), checked when present:
+per method ``finetune_top1``, ``seg_miou``, ``seg_pixel_acc`` (numbers) and ``fewshot_top1``
+(``{"1pct": number, "10pct": number}``); top-level ``controls`` (``{"random_init": {the same
+keys}, "raw_pixels": {"seg_miou", "seg_pixel_acc"}}``) and ``embedding_map``
+(``{"file", "backend", "points", "panels"}``).
 """
 
 from __future__ import annotations
@@ -85,6 +91,91 @@ def validate_results(d: Any) -> None:
             if not ok:
                 kind = "int" if key == "epochs" else "number"
                 raise ValueError(f"results['methods'][{name!r}][{key!r}] must be {kind}, got {value!r}")
+        _check_suite(f"results['methods'][{name!r}]", metrics)
+    controls = d.get("controls")
+    if controls is not None:
+        if not isinstance(controls, Mapping) or not all(isinstance(c, Mapping) for c in controls.values()):
+            raise ValueError("results['controls'] must be a dict of control -> metrics")
+        for name, metrics in controls.items():
+            _check_suite(f"results['controls'][{name!r}]", metrics)
+
+
+SUITE_SCALARS: tuple[str, ...] = ("finetune_top1", "seg_miou", "seg_pixel_acc")
+"""Optional per-method (and per-control) numbers of the evaluation suite."""
+
+_SUITE_HEADERS = {"finetune_top1": "fine-tuned top-1 %", "seg_miou": "seg mIoU %", "seg_pixel_acc": "seg pixel acc %"}
+_CONTROL_NAMES = {"random_init": "random init (control)", "raw_pixels": "raw pixels (control)"}
+
+
+def _check_suite(where: str, metrics: Mapping[str, Any]) -> None:
+    for key in SUITE_SCALARS:
+        if key in metrics and not _is_number(metrics[key]):
+            raise ValueError(f"{where}[{key!r}] must be a number, got {metrics[key]!r}")
+    few = metrics.get("fewshot_top1")
+    if few is not None and (not isinstance(few, Mapping) or not all(_is_number(v) for v in few.values())):
+        raise ValueError(f"{where}['fewshot_top1'] must map subset names to numbers, got {few!r}")
+
+
+def suite_rows(results: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """Methods then controls -> their suite numbers, flat (``fewshot_top1.<subset>``), in column order."""
+    entries = [*results["methods"].items(), *(results.get("controls") or {}).items()]
+    keys: list[str] = []
+    for _, metrics in entries:
+        for key in ("finetune_top1", *(f"fewshot_top1.{k}" for k in metrics.get("fewshot_top1") or {})):
+            if key not in keys and (key in metrics or key.startswith("fewshot_top1.")):
+                keys.append(key)
+    keys += [k for k in ("seg_miou", "seg_pixel_acc") if any(k in m for _, m in entries)]
+    rows: dict[str, dict[str, float]] = {}
+    for name, metrics in entries:
+        few = metrics.get("fewshot_top1") or {}
+        row = {}
+        for key in keys:
+            value = few.get(key.split(".", 1)[1]) if key.startswith("fewshot_top1.") else metrics.get(key)
+            if _is_number(value):
+                row[key] = float(value)
+        if row:
+            rows[name] = row
+    return rows
+
+
+def _suite_table(results: Mapping[str, Any]) -> list[str]:
+    """The suite's table (methods, then the controls), best method per column in bold; [] without a suite."""
+    rows = suite_rows(results)
+    if not rows:
+        return []
+    keys = list(dict.fromkeys(k for row in rows.values() for k in row))
+    methods = [m for m in rows if m in results["methods"]]
+    best = {k: max((rows[m][k] for m in methods if k in rows[m]), default=None) for k in keys}
+
+    def header(key: str) -> str:
+        if key.startswith("fewshot_top1."):
+            return f"few-shot {key.split('.', 1)[1]} top-1 %"
+        return _SUITE_HEADERS.get(key, key)
+
+    lines = [
+        "## Evaluation suite",
+        "",
+        "Teacher backbone of every method and of the random-init control (the weights every method starts "
+        "from); segmentation: a linear 1x1 probe on frozen patch tokens. Best method in bold.",
+        "",
+        "| backbone | " + " | ".join(header(k) for k in keys) + " |",
+        "|---|" + "---:|" * len(keys),
+    ]
+    for name, row in rows.items():
+        is_method = name in results["methods"]
+        cells = [
+            "n/a" if k not in row else _cell(k, row[k], is_method and len(methods) > 1 and row[k] == best[k])
+            for k in keys
+        ]
+        lines.append(f"| {_CONTROL_NAMES.get(name, name)} | " + " | ".join(cells) + " |")
+    emb = results.get("embedding_map")
+    if isinstance(emb, Mapping) and emb.get("file"):
+        lines += [
+            "",
+            f"Embedding map (`{emb['file']}`): {emb.get('backend')} of {emb.get('points')} test embeddings "
+            "per panel, coloured by class.",
+        ]
+    return [*lines, ""]
 
 
 def _cell(key: str, value: float | int, bold: bool) -> str:
@@ -144,6 +235,7 @@ def write_report(results: Mapping[str, Any], path: str | Path) -> Path:
         "",
         *_table(results["methods"]),
         "",
+        *_suite_table(results),
     ]
     plots = sorted(path.parent.glob("*.png"))
     if plots:

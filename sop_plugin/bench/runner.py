@@ -29,9 +29,10 @@ from sop_plugin.bench.callbacks import (
 )
 from sop_plugin.bench.checks import ConfigError, check_config, check_resume, world_size
 from sop_plugin.bench.corruptions import corrupt
+from sop_plugin.bench.evals.suite import RANDOM_INIT, SuiteContext, evaluate_backbone, evaluate_controls, write_map
 from sop_plugin.bench.evaluation import knn_top1, linear_probe, raw_pixel_features, retrieval_metrics
 from sop_plugin.bench.module import BenchModule
-from sop_plugin.bench.plots import plot_learning_curves, plot_metric_bars, plot_sop_grid
+from sop_plugin.bench.plots import plot_learning_curves, plot_metric_bars, plot_sop_grid, plot_suite_bars
 from sop_plugin.bench.report import validate_results, write_report
 from sop_plugin.bench.sampler import GlobalBatchSampler, ResumableLoader
 from sop_plugin.data import ArrayDataset, get_dataset
@@ -171,9 +172,15 @@ def fit_method(
 
 
 def evaluate_fitted(
-    method: str, fitted: Fitted, cfg: dict[str, Any], train: ArrayDataset, test: ArrayDataset, out: Path
+    method: str,
+    fitted: Fitted,
+    cfg: dict[str, Any],
+    train: ArrayDataset,
+    test: ArrayDataset,
+    out: Path,
+    suite: SuiteContext | None = None,
 ) -> dict[str, Any]:
-    """Final evaluation of a trained method (rank 0 only)."""
+    """Final evaluation of a trained method (rank 0 only); ``suite``: also few-shot, fine-tuning, segmentation."""
     module = fitted.module
     module.to("cpu" if not torch.cuda.is_available() else module.device)
     return evaluate(
@@ -187,6 +194,7 @@ def evaluate_fitted(
         fitted.seconds,
         fitted.steps,
         int(fitted.trainer.current_epoch),
+        suite,
     )
 
 
@@ -201,8 +209,9 @@ def evaluate(
     train_seconds: float,
     steps: dict[str, float],
     epochs: int,
+    suite: SuiteContext | None = None,
 ) -> dict[str, Any]:
-    """Final evaluation of the teacher backbone's [CLS] features; saves the embeddings."""
+    """Final evaluation of the teacher backbone's [CLS] features (and ``suite``); saves the embeddings."""
     e = cfg["eval"]
     log.info("[%s] evaluating teacher features", method)
     train_x, test_x = module.features(train.images), module.features(test.images)
@@ -226,6 +235,7 @@ def evaluate(
     )
     if method == "sop":
         _sop_grid(module, train, out / "sop_grid.png", e["sop_grid_rows"], cfg["seed"])
+    extra = evaluate_backbone(module, suite, method, train_x, test_x) if suite is not None and suite.which else {}
     return {
         "knn_top1": knn,
         "linear_top1": linear,
@@ -242,6 +252,7 @@ def evaluate(
         "step_seconds_sum": steps["sum"],  # train_seconds minus this: evaluation, checkpoints, loading
         "peak_rss_mb": peak_rss_mb(),
         "epochs": epochs,
+        **extra,  # finetune_top1, fewshot_top1, seg_miou, seg_pixel_acc, ... (evals/suite.py)
     }
 
 
@@ -286,6 +297,10 @@ def run(cfg: dict[str, Any]) -> dict[str, Any] | None:
     out = Path(cfg["out"] or os.environ.get(OUT_ENV) or _default_out(cfg))
     cfg["out"] = str(out)
     train, test = load_data(cfg)
+    try:
+        suite = SuiteContext.build(cfg, train, test, out)  # checks the eval.* suite settings before training
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
     is_rank0 = int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
     if is_rank0:
         out.mkdir(parents=True, exist_ok=True)
@@ -307,14 +322,14 @@ def run(cfg: dict[str, Any]) -> dict[str, Any] | None:
             if defer:
                 pending.append((method, fitted))
             else:
-                methods[method] = evaluate_fitted(method, fitted, cfg, train, test, out)
+                methods[method] = evaluate_fitted(method, fitted, cfg, train, test, out, suite)
     finally:
         if is_rank0:
             os.environ.pop(OUT_ENV, None)
     if not is_rank0:
         return None
     for method, fitted in pending:
-        methods[method] = evaluate_fitted(method, fitted, cfg, train, test, out)
+        methods[method] = evaluate_fitted(method, fitted, cfg, train, test, out, suite)
     results = {
         "dataset": cfg["data"]["name"],
         "seed": cfg["seed"],
@@ -322,12 +337,18 @@ def run(cfg: dict[str, Any]) -> dict[str, Any] | None:
         "raw_pixel_knn_top1": floor,
         "methods": methods,
     }
+    if suite.which and suite.controls:
+        results["controls"] = evaluate_controls(cfg, suite, "cuda" if torch.cuda.is_available() else "cpu")
+    if "embedding_map" in suite.which:
+        results["embedding_map"] = write_map(suite, [*methods, *([RANDOM_INIT] if suite.controls else [])])
     validate_results(results)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     plot_learning_curves({m: r["knn_curve_subset"] for m, r in methods.items()}, floor, out / "knn_curve.png")
     plot_metric_bars(
         methods, ["knn_top1", "linear_top1", "map_at_r", "recall_at_1", "corrupt_knn_top1"], out / "metrics.png"
     )
+    if suite.which:
+        plot_suite_bars(results, out / "suite.png")
     write_report(results, out / "report.md")
     log.info("results: %s", out / "results.json")
     return results

@@ -53,6 +53,15 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _dali_kwargs(cfg: Any) -> dict[str, Any]:
+    """The DALI data-module arguments pretraining and linear evaluation share."""
+    d = cfg.data
+    return {"dataset": d.dataset, "train_data_path": d.train_path, "num_workers": d.num_workers,
+            "batch_size": cfg.optimizer.batch_size, "data_fraction": d.fraction, "dali_device": cfg.dali.device}  # fmt: skip
+
+
 def _select(cfg: DictConfig, key: str, default: Any = None) -> Any:
     from solo.utils.misc import omegaconf_select
 
@@ -110,23 +119,9 @@ def _image_folder_loaders(
             normalize,
         ]
     )
-    pin = torch.cuda.is_available()
-    train = DataLoader(
-        ImageFolder(str(train_path), t_train),
-        batch_size=batch_size,
-        shuffle=True,
-        num_workers=num_workers,
-        pin_memory=pin,
-        drop_last=True,
-    )
-    val = DataLoader(
-        ImageFolder(str(val_path), t_val),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        pin_memory=pin,
-        drop_last=False,
-    )
-    return train, val
+    common = {"batch_size": batch_size, "num_workers": num_workers, "pin_memory": torch.cuda.is_available()}
+    train = DataLoader(ImageFolder(str(train_path), t_train), shuffle=True, drop_last=True, **common)
+    return train, DataLoader(ImageFolder(str(val_path), t_val), drop_last=False, **common)
 
 
 def _classification_loaders(cfg: DictConfig, crop_size: int, mean, std, auto_augment: bool = False):
@@ -283,17 +278,12 @@ def run_pretrain(cfg: DictConfig):
             ]
         )
         datamodule = PretrainDALIDataModule(
-            dataset=cfg.data.dataset,
-            train_data_path=cfg.data.train_path,
             transforms=transform,
             num_large_crops=cfg.data.num_large_crops,
             num_small_crops=cfg.data.num_small_crops,
-            num_workers=cfg.data.num_workers,
-            batch_size=cfg.optimizer.batch_size,
             no_labels=cfg.data.no_labels,
-            data_fraction=cfg.data.fraction,
-            dali_device=cfg.dali.device,
             encode_indexes_into_labels=cfg.dali.encode_indexes_into_labels,
+            **_dali_kwargs(cfg),
         )
         datamodule.val_dataloader = lambda: val_loader
         fit_kwargs["datamodule"] = datamodule
@@ -422,15 +412,7 @@ def run_linear(cfg: DictConfig):
             raise ImportError("data.format=dali needs NVIDIA DALI (solo-learn's [dali] extra)") from exc
         if cfg.auto_augment:
             raise ValueError("auto_augment is not supported with DALI")
-        datamodule = ClassificationDALIDataModule(
-            dataset=cfg.data.dataset,
-            train_data_path=cfg.data.train_path,
-            val_data_path=cfg.data.val_path,
-            num_workers=cfg.data.num_workers,
-            batch_size=cfg.optimizer.batch_size,
-            data_fraction=cfg.data.fraction,
-            dali_device=cfg.dali.device,
-        )
+        datamodule = ClassificationDALIDataModule(val_data_path=cfg.data.val_path, **_dali_kwargs(cfg))
         datamodule.val_dataloader = lambda: val_loader
         fit_kwargs = {"datamodule": datamodule}
 

@@ -39,22 +39,14 @@ class TorchvisionSetInfo:
     stats: tuple[tuple[float, ...], tuple[float, ...]] | None  # training-set mean/std; None: compute
 
 
-CIFAR10 = TorchvisionSetInfo(
-    name="cifar10",
-    title="CIFAR-10",
-    open=lambda root, split, dl: _tvd().CIFAR10(root, train=split == "train", download=dl),
-    layout="NHWC",
-    labels_attr="targets",
-    stats=((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-)
-CIFAR100 = TorchvisionSetInfo(
-    name="cifar100",
-    title="CIFAR-100",
-    open=lambda root, split, dl: _tvd().CIFAR100(root, train=split == "train", download=dl),
-    layout="NHWC",
-    labels_attr="targets",
-    stats=((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-)
+def _cifar(name: str, title: str, cls: str, stats: tuple[tuple[float, ...], tuple[float, ...]]) -> TorchvisionSetInfo:
+    """CIFAR-10/100: torchvision's ``train=`` flag, NHWC ``.data``, ``.targets``."""
+    return TorchvisionSetInfo(name, title, lambda root, split, dl: getattr(_tvd(), cls)(root, train=split == "train",
+                              download=dl), "NHWC", "targets", stats)  # fmt: skip
+
+
+CIFAR10 = _cifar("cifar10", "CIFAR-10", "CIFAR10", ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)))
+CIFAR100 = _cifar("cifar100", "CIFAR-100", "CIFAR100", ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)))
 STL10 = TorchvisionSetInfo(
     name="stl10",
     title="STL-10",
