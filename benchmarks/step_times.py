@@ -55,9 +55,9 @@ def main(argv: list[str]) -> None:
     assert isinstance(cfg, dict)
     train, test = load_data(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    timer = StepTimer(skip=0)
     start = time.perf_counter()
-    fit_method(method, cfg, train, test, out, callbacks=[timer])
+    fitted = fit_method(method, cfg, train, test, out)
+    timer = next(c for c in fitted.trainer.callbacks if isinstance(c, StepTimer))  # the runner's own (every step)
     summary = summarise(timer.times, int(cfg["train"]["epochs"]), time.perf_counter() - start)
     summary["overrides"] = argv[2:]
     print(json.dumps({k: v for k, v in summary.items() if k != "per_200_median"}, indent=1))

@@ -24,6 +24,9 @@ TINY_BENCH = [
     "temps.warmup_steps=2", "eval.linear_epochs=2", "eval.epoch_train_subset=64", "eval.epoch_test_subset=32",
     "eval.retrieval_max_queries=32", "eval.sop_grid_rows=3", "trainer.log_every_n_steps=1",
     "+trainer.enable_progress_bar=false",
+    "eval.fewshot.epochs=2", "eval.finetune.epochs=1", "eval.finetune.batch_size=32",
+    "eval.seg.train_canvases=24", "eval.seg.test_canvases=8", "eval.seg.epochs=1",
+    "eval.embedding_map.backend=tsne",
 ]  # fmt: skip
 
 #: a SOP run of 2 epochs x 6 steps on 16 px crops (a ViT of 1 block), checkpointing every 4 steps.
@@ -40,7 +43,7 @@ TINY_RUN = [
     "sop.class_num_supports=2", "sop.class_num_sets=2", "sop.patch_num_anchors=16",
     "temps.warmup_steps=4", "eval.every_epoch=false", "eval.linear_epochs=1", "eval.epoch_train_subset=32",
     "eval.epoch_test_subset=16", "eval.knn_k=5", "eval.retrieval_max_queries=16", "eval.corruptions=[]",
-    "eval.sop_grid_rows=2", "trainer.log_every_n_steps=1", "trainer.accelerator=cpu",
+    "eval.sop_grid_rows=2", "eval.suite=[]", "trainer.log_every_n_steps=1", "trainer.accelerator=cpu",
     "+trainer.enable_progress_bar=false",
 ]  # fmt: skip
 

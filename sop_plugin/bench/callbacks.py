@@ -65,12 +65,28 @@ class KNNMonitor(L.Callback):
 
 
 class StepTimer(L.Callback):
-    """Wall seconds of each optimisation step (forward, backward, optimiser, EMA)."""
+    """Wall seconds of each optimisation step (forward, backward, optimiser, EMA).
+
+    The times travel in checkpoints, with the wall seconds of the fit so far
+    (``resumed_seconds`` after a resume), so that a resumed run reports every step.
+    """
 
     def __init__(self, skip: int = 5) -> None:
         self.skip = skip
         self.times: list[float] = []
         self._t0 = 0.0
+        self.resumed_seconds = 0.0  # wall seconds of the fits before the resume
+        self._fit_t0 = time.perf_counter()
+
+    def on_fit_start(self, trainer: L.Trainer, module: Any) -> None:
+        self._fit_t0 = time.perf_counter()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"times": list(self.times), "seconds": self.resumed_seconds + time.perf_counter() - self._fit_t0}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.times = [float(t) for t in state_dict.get("times", [])]
+        self.resumed_seconds = float(state_dict.get("seconds", 0.0))
 
     def on_train_batch_start(self, trainer: L.Trainer, module: Any, batch: Any, batch_idx: int) -> None:
         self._t0 = time.perf_counter()

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import sop_plugin.threads  # noqa: F401  (OMP_WAIT_POLICY=PASSIVE unless set: before anything loads torch)
+
+# isort: split
+import os
 import sys
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from sop_plugin.bench.interruption import interrupted_message
 from sop_plugin.bench.runner import ConfigError, run
 from sop_plugin.data.errors import DatasetCorruptError, DatasetNotFoundError
 from sop_plugin.runtime import CheckpointError, NonFiniteLossError
+from sop_plugin.runtime.interrupt import Interrupted
 
 #: exit status of a bad setting, missing/corrupt data or an unusable checkpoint
 EXIT_BAD_INPUT = 2
 #: exit status of a run stopped at a non-finite loss
 EXIT_NONFINITE = 3
+# a run stopped by a signal exits with 128 + the signal (143 SIGTERM, 130 SIGINT), as a shell reports it
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
@@ -29,6 +36,10 @@ def _app(cfg: DictConfig) -> None:
     except NonFiniteLossError as err:
         print(f"sop-bench: stopped: {err}", file=sys.stderr)
         sys.exit(EXIT_NONFINITE)
+    except Interrupted as stop:
+        if int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
+            print(interrupted_message(stop, sys.argv), file=sys.stderr, flush=True)
+        sys.exit(stop.exit_code)
 
 
 def main() -> None:

@@ -58,6 +58,7 @@ def plot_metric_bars(
     path: str | Path,
     title: str = "Final metrics",
     labels: Mapping[str, str] | None = None,
+    legend_outside: bool = False,
 ) -> Path:
     """Grouped bars: one group per metric, one bar per method, value printed on top (none where missing)."""
     methods = list(results)
@@ -74,7 +75,7 @@ def plot_metric_bars(
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     if methods:
-        ax.legend()
+        ax.legend(**({"loc": "upper left", "bbox_to_anchor": (1.0, 1.0), "fontsize": 8} if legend_outside else {}))
     return _save(fig, path)
 
 
@@ -166,7 +167,9 @@ def plot_suite_bars(rows: Mapping[str, Mapping[str, float]], path: str | Path) -
     """
     metrics = list(dict.fromkeys(k for row in rows.values() for k in row))
     labels = {k: k.replace("fewshot_top1.", "fewshot ").replace("_top1", "").replace("seg_", "seg ") for k in metrics}
-    return plot_metric_bars(rows, metrics, path, title="Evaluation suite (teacher backbone)", labels=labels)
+    return plot_metric_bars(
+        rows, metrics, path, title="Evaluation suite (teacher backbone)", labels=labels, legend_outside=True
+    )
 
 
 def plot_embedding_map(

@@ -12,6 +12,10 @@ Schema (accuracies and retrieval scores in percent)::
 Extra keys are allowed and ignored, so the runner may store more (curves, the step-time tail
 ``step_seconds_p90`` / ``step_seconds_max`` and ``step_seconds_sum``, ...).
 
+Optional ``status`` (``{"<name>": "done" | "not started" | "interrupted at step N"}``, every
+method of the run): the methods ``done`` are exactly those in ``methods``, which may then be
+empty (a run stopped by a signal before any method was done; see ``interrupted``).
+
 Optional, from the evaluation suite (``eval.suite``, docs/evaluation.md), checked when present:
 per method ``finetune_top1``, ``seg_miou``, ``seg_pixel_acc`` (numbers) and ``fewshot_top1``
 (``{"1pct": number, "10pct": number}``); top-level ``controls`` (``{"random_init": {the same
@@ -22,6 +26,7 @@ keys}, "raw_pixels": {"seg_miou", "seg_pixel_acc"}}``) and ``embedding_map``
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -60,6 +65,29 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+#: ``results["status"][method]``: ``done`` (its metrics are in ``methods``), ``not started`` or
+#: ``interrupted at step N`` (a signal stopped the run: sop_plugin/bench/interruption.py)
+DONE = "done"
+_STATUS = re.compile(r"done|not started|interrupted at step \d+")
+
+
+def _check_status(status: Any, methods: Any) -> Mapping[str, str] | None:
+    """The optional per-method ``status``: methods ``done`` exactly when their metrics are listed."""
+    if status is None:
+        return None
+    if not isinstance(status, Mapping) or not all(isinstance(v, str) and _STATUS.fullmatch(v) for v in status.values()):
+        raise ValueError(
+            f"results['status'] must map methods to 'done', 'not started' or 'interrupted at step N', got {status!r}"
+        )
+    listed = set(methods) if isinstance(methods, Mapping) else set()
+    done = {m for m, v in status.items() if v == DONE}
+    if done != listed:
+        raise ValueError(
+            f"results: methods with status 'done' {sorted(done)} differ from those listed {sorted(listed)}"
+        )
+    return status
+
+
 def validate_results(d: Any) -> None:
     """Raise ``ValueError`` naming the first missing or ill-typed key of a results dict."""
     if not isinstance(d, Mapping):
@@ -76,7 +104,8 @@ def validate_results(d: Any) -> None:
     if floor is not None and not _is_number(floor):
         raise ValueError(f"results['raw_pixel_knn_top1'] must be a number or None, got {floor!r}")
     methods = d.get("methods")
-    if not isinstance(methods, Mapping) or not methods:
+    status = _check_status(d.get("status"), methods)
+    if not isinstance(methods, Mapping) or not (methods or (status and DONE not in status.values())):
         raise ValueError("results: 'methods' must be a non-empty dict of method -> metrics")
     for name, metrics in methods.items():
         if not isinstance(metrics, Mapping):
@@ -119,11 +148,9 @@ def _check_suite(where: str, metrics: Mapping[str, Any]) -> None:
 def suite_rows(results: Mapping[str, Any]) -> dict[str, dict[str, float]]:
     """Methods then controls -> their suite numbers, flat (``fewshot_top1.<subset>``), in column order."""
     entries = [*results["methods"].items(), *(results.get("controls") or {}).items()]
-    keys: list[str] = []
+    keys = ["finetune_top1"] if any("finetune_top1" in m for _, m in entries) else []
     for _, metrics in entries:
-        for key in ("finetune_top1", *(f"fewshot_top1.{k}" for k in metrics.get("fewshot_top1") or {})):
-            if key not in keys and (key in metrics or key.startswith("fewshot_top1.")):
-                keys.append(key)
+        keys += [f"fewshot_top1.{k}" for k in metrics.get("fewshot_top1") or {} if f"fewshot_top1.{k}" not in keys]
     keys += [k for k in ("seg_miou", "seg_pixel_acc") if any(k in m for _, m in entries)]
     rows: dict[str, dict[str, float]] = {}
     for name, metrics in entries:

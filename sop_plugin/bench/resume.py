@@ -52,7 +52,7 @@ def resolve_resume(cfg: dict[str, Any]) -> dict[str, Path]:
         paths = {methods[0]: path}
     elif path.is_dir():
         paths = {m: checkpoint_path(path, m) for m in methods if checkpoint_path(path, m).is_file()}
-        if not paths:
+        if not paths and not (path / "results.json").is_file():  # a run stopped before its first checkpoint has one
             raise ValueError(
                 f"resume={path}: no {checkpoint_path(path, '<method>')} for any of methods={methods}; "
                 f"pass a checkpoint file or the `out` directory of an earlier run"

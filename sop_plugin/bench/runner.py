@@ -31,9 +31,10 @@ from sop_plugin.bench.checks import ConfigError, check_config, check_resume, wor
 from sop_plugin.bench.corruptions import corrupt
 from sop_plugin.bench.evals.suite import RANDOM_INIT, SuiteContext, evaluate_backbone, evaluate_controls, write_map
 from sop_plugin.bench.evaluation import knn_top1, linear_probe, raw_pixel_features, retrieval_metrics
+from sop_plugin.bench.interruption import RunProgress, kept_results
 from sop_plugin.bench.module import BenchModule
 from sop_plugin.bench.plots import plot_learning_curves, plot_metric_bars, plot_sop_grid, plot_suite_bars
-from sop_plugin.bench.report import validate_results, write_report
+from sop_plugin.bench.report import suite_rows, validate_results, write_report
 from sop_plugin.bench.sampler import GlobalBatchSampler, ResumableLoader
 from sop_plugin.data import ArrayDataset, get_dataset
 from sop_plugin.runtime import AtomicCheckpointIO
@@ -151,7 +152,7 @@ def fit_method(
         temperature=e["knn_temperature"],
         every_epoch=e["every_epoch"],
     )
-    timer = StepTimer()
+    timer = StepTimer()  # keeps its times (and the training seconds) across a resume
     method_dir = out / method
     ckpt = LastCheckpoint(method_dir / "checkpoints", every_n_steps=t.get("checkpoint_every_n_steps") or 0)
     trainer = L.Trainer(
@@ -168,7 +169,8 @@ def fit_method(
     reset_peak_rss()
     start = time.perf_counter()
     trainer.fit(module, loader, ckpt_path=str(ckpt_path) if ckpt_path else None)
-    return Fitted(module, trainer, knn_cb.curve, time.perf_counter() - start, timer.summary())
+    seconds = time.perf_counter() - start + timer.resumed_seconds
+    return Fitted(module, trainer, knn_cb.curve, seconds, timer.summary())
 
 
 def evaluate_fitted(
@@ -289,58 +291,96 @@ def run(cfg: dict[str, Any]) -> dict[str, Any] | None:
     Every check (config, resume checkpoints, data) runs before any training. Under DDP
     every rank trains each method; rank 0 evaluates them all after the last one, so the
     other ranks never wait in a collective while rank 0 evaluates.
+
+    SIGTERM / SIGINT (:mod:`sop_plugin.bench.interruption`): training stops at the next batch
+    end with a checkpoint of that step, evaluation at once; ``results.json`` then holds the
+    methods done and every method's ``status``, and ``Interrupted`` is raised. With
+    ``resume=RUN_DIR`` the methods done there are kept, neither retrained nor re-evaluated.
     """
     check_config(cfg)
     resume = check_resume(cfg)
+    kept = kept_results(cfg)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
     out = Path(cfg["out"] or os.environ.get(OUT_ENV) or _default_out(cfg))
     cfg["out"] = str(out)
-    train, test = load_data(cfg)
-    try:
-        suite = SuiteContext.build(cfg, train, test, out)  # checks the eval.* suite settings before training
-    except ValueError as err:
-        raise ConfigError(str(err)) from err
     is_rank0 = int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
     if is_rank0:
+        make_out_dir(out)
+    with RunProgress(cfg, out, write=is_rank0) as progress:
+        return _run_methods(cfg, out, resume, kept, progress, is_rank0)
+
+
+def make_out_dir(out: Path) -> None:
+    """Create the run directory, or raise a ``ConfigError`` naming ``out`` (before any data is read)."""
+    try:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(cfg, indent=2))
-        log.info("writing to %s", out)
-    e = cfg["eval"]
-    floor = raw_pixel_floor(train, test, e["knn_k"], e["knn_temperature"]) if is_rank0 else float("nan")
+        if not out.is_dir() or not os.access(out, os.W_OK | os.X_OK):
+            raise PermissionError(13, "not a writable directory")
+    except OSError as err:
+        raise ConfigError(
+            f"out={out}: cannot create the output directory ({err.strerror or err}): set out= to a directory "
+            f"you can write to (default: runs/bench/<date-time> under the working directory)"
+        ) from err
+
+
+def _run_methods(
+    cfg: dict[str, Any],
+    out: Path,
+    resume: dict[str, Path],
+    kept: dict[str, dict[str, Any]],
+    progress: RunProgress,
+    is_rank0: bool,
+) -> dict[str, Any] | None:
+    with progress.immediate("loading data"):
+        train, test = load_data(cfg)
+        try:
+            suite = SuiteContext.build(cfg, train, test, out)  # checks the eval.* suite settings before training
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
+        if is_rank0:
+            (out / "config.json").write_text(json.dumps(cfg, indent=2))
+            log.info("writing to %s", out)
+        e = cfg["eval"]
+        floor = raw_pixel_floor(train, test, e["knn_k"], e["knn_temperature"]) if is_rank0 else float("nan")
+    progress.floor = floor
     defer = world_size(cfg["trainer"]) > 1
-    methods: dict[str, Any] = {}
+    methods = progress.methods  # the results of the methods done, as results.json lists them
     pending: list[tuple[str, Fitted]] = []
     if defer and is_rank0:
         os.environ[OUT_ENV] = str(out)  # the processes Lightning launches inherit it
     try:
         for method in cfg["methods"]:
+            if method in kept:
+                progress.keep(method, kept[method])
+                continue
             log.info("=== %s ===", method)
-            fitted = fit_method(method, cfg, train, test, out, resume.get(method))
+            stop = progress.training(method)
+            fitted = fit_method(method, cfg, train, test, out, resume.get(method), callbacks=[stop])
+            progress.trained(method, fitted.trainer.global_step)
             if fitted.trainer.global_rank != 0:
                 continue
             if defer:
                 pending.append((method, fitted))
             else:
-                methods[method] = evaluate_fitted(method, fitted, cfg, train, test, out, suite)
+                with progress.evaluating(method):
+                    metrics = evaluate_fitted(method, fitted, cfg, train, test, out, suite)
+                progress.done(method, metrics)
     finally:
         if is_rank0:
             os.environ.pop(OUT_ENV, None)
     if not is_rank0:
         return None
     for method, fitted in pending:
-        methods[method] = evaluate_fitted(method, fitted, cfg, train, test, out, suite)
-    results = {
-        "dataset": cfg["data"]["name"],
-        "seed": cfg["seed"],
-        "profile": cfg["profile_name"],
-        "raw_pixel_knn_top1": floor,
-        "methods": methods,
-    }
-    if suite.which and suite.controls:
-        results["controls"] = evaluate_controls(cfg, suite, "cuda" if torch.cuda.is_available() else "cpu")
-    if "embedding_map" in suite.which:
-        results["embedding_map"] = write_map(suite, [*methods, *([RANDOM_INIT] if suite.controls else [])])
+        with progress.evaluating(method):
+            metrics = evaluate_fitted(method, fitted, cfg, train, test, out, suite)
+        progress.done(method, metrics)
+    results = progress.results()
+    with progress.immediate("evaluation"):
+        if suite.which and suite.controls:
+            results["controls"] = evaluate_controls(cfg, suite, "cuda" if torch.cuda.is_available() else "cpu")
+        if "embedding_map" in suite.which:
+            results["embedding_map"] = write_map(suite, [*methods, *([RANDOM_INIT] if suite.controls else [])])
     validate_results(results)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     plot_learning_curves({m: r["knn_curve_subset"] for m, r in methods.items()}, floor, out / "knn_curve.png")
@@ -348,7 +388,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any] | None:
         methods, ["knn_top1", "linear_top1", "map_at_r", "recall_at_1", "corrupt_knn_top1"], out / "metrics.png"
     )
     if suite.which:
-        plot_suite_bars(results, out / "suite.png")
+        plot_suite_bars(suite_rows(results), out / "suite.png")
     write_report(results, out / "report.md")
     log.info("results: %s", out / "results.json")
     return results

@@ -20,6 +20,9 @@ METRICS = (
     "map_at_r",
     "recall_at_1",
     "corrupt_knn_top1",
+    "finetune_top1",
+    "seg_miou",
+    "seg_pixel_acc",
     "random_init_knn_top1_subset",
     "step_seconds_median",
     "train_seconds",
@@ -57,16 +60,17 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def write_summary(summary: dict[str, Any], runs: list[dict[str, Any]], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    cols = [k for k in METRICS if any(k in stats for stats in summary["methods"].values())]  # e.g. no suite
     lines = [
         f"# {summary['profile']} profile on {summary['dataset']}: {summary['runs']} seeds {summary['seeds']}",
         "",
         f"Raw-pixel kNN floor: {summary['raw_pixel_knn_top1']:.2f} %",
         "",
-        "| method | " + " | ".join(METRICS) + " |",
-        "|---" * (len(METRICS) + 1) + "|",
+        "| method | " + " | ".join(cols) + " |",
+        "|---" * (len(cols) + 1) + "|",
     ]
     for m, stats in summary["methods"].items():
-        cells = [f"{stats[k]['mean']:.2f} ± {stats[k]['std']:.2f}" if k in stats else "n/a" for k in METRICS]
+        cells = [f"{stats[k]['mean']:.2f} ± {stats[k]['std']:.2f}" if k in stats else "n/a" for k in cols]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines += [
         "",

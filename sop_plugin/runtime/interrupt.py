@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -50,9 +51,20 @@ from typing import Any
 import lightning as L
 import torch
 import torch.distributed as dist
+from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
 
 #: the signals a run stops on
 SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
+
+
+_PLAIN = re.compile(r"[\w/.\-+:@%~,]+")
+
+
+def hydra_value(text: str) -> str:
+    """``text`` as the value of a hydra override (quoted when hydra's grammar needs it, e.g. for ``=``)."""
+    if _PLAIN.fullmatch(text):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def signal_name(signum: int) -> str:
@@ -207,27 +219,27 @@ class SignalCatcher:
             self._raised = True
             raise Interrupted(self.signum, phase=phase or self.phase)
 
+    def set_immediate(self, phase: str | None) -> None:
+        """From now on a signal interrupts at once (``phase`` names what runs), or, with None, is only
+        recorded (training: :class:`InterruptCallback` stops at the next batch end)."""
+        if phase is None:
+            self._immediate, self.phase = False, "training"
+            return
+        self.phase = phase
+        self.check(phase)
+        self._immediate = True
+
     @contextlib.contextmanager
     def immediate(self, phase: str) -> Iterator[None]:
         """A section a signal interrupts at once (no training state to save: evaluation, data loading)."""
-        previous, self.phase = self.phase, phase
-        self.check(phase)
-        self._immediate = True
+        previous = self.phase
+        self.set_immediate(phase)
         try:
             yield
         finally:
             self._immediate = False
             self.phase = previous
         self.check(phase)  # a signal the section swallowed
-
-    @contextlib.contextmanager
-    def deferred(self, phase: str) -> Iterator[None]:
-        """A section that only records signals (training: the callback stops at the next batch end)."""
-        previous, self.phase = self.phase, phase
-        try:
-            yield
-        finally:
-            self.phase = previous
 
     @contextlib.contextmanager
     def saving(self) -> Iterator[None]:
@@ -237,6 +249,22 @@ class SignalCatcher:
             yield
         finally:
             self._saving = False
+
+
+#: Lightning >= 2.2 knows that a checkpoint written at ``on_train_batch_end`` holds that batch
+#: (it completes the batch's count on restart); 2.1.2 restarts from the last *completed* count
+#: and so trains one batch more in the interrupted epoch
+_RESTARTS_ON_TRAIN_BATCH_END = hasattr(_TrainingEpochLoop, "restarted_on_train_batch_end")
+
+
+def count_current_batch(checkpoint: dict[str, Any]) -> None:
+    """Mark the batch in progress as completed in a checkpoint written at ``on_train_batch_end`` (Lightning < 2.2)."""
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress")
+    if not progress:
+        return
+    for tracker in (progress["total"], progress["current"]):
+        if tracker["completed"] == tracker["processed"] - 1:
+            tracker["completed"] = tracker["processed"]
 
 
 def agreed_signal(trainer: L.Trainer, catcher: SignalCatcher) -> int:
@@ -257,24 +285,33 @@ class InterruptCallback(L.Callback):
             did not; then it stays installed).
         checkpoint_path: ``f(trainer) -> path`` of the checkpoint to write.
         method: named in :class:`Interrupted` (host's choice).
+        on_saved: ``f(trainer, path)`` called on every rank once the checkpoint is written.
 
     Add it after the callbacks whose state must be in the checkpoint of the step (Lightning
     runs ``ModelCheckpoint`` callbacks last anyway). A signal during validation (solo-learn
     validates once per epoch) stops at the epoch end that follows; a signal before the first
     step stops without a new checkpoint (``Interrupted.checkpoint`` is the one the run
-    resumed from, if any).
+    resumed from, if any). From ``setup`` on, signals are only recorded (an immediate section
+    of the host ends there).
     """
 
     def __init__(
-        self, catcher: SignalCatcher, checkpoint_path: Callable[[L.Trainer], str | Path], method: str | None = None
+        self,
+        catcher: SignalCatcher,
+        checkpoint_path: Callable[[L.Trainer], str | Path],
+        method: str | None = None,
+        on_saved: Callable[[L.Trainer, Path], None] | None = None,
     ) -> None:
         self.catcher = catcher
         self.checkpoint_path = checkpoint_path
         self.method = method
+        self.on_saved = on_saved
         self.saved: Path | None = None
+        self._writing = False
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.catcher.install()
+        self.catcher.set_immediate(None)
 
     def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.catcher.take_over(trainer)
@@ -289,6 +326,10 @@ class InterruptCallback(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._stop_if_signalled(trainer, save=True)
 
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if self._writing and not _RESTARTS_ON_TRAIN_BATCH_END:
+            count_current_batch(checkpoint)
+
     def _stop_if_signalled(self, trainer: L.Trainer, save: bool) -> None:
         signum = agreed_signal(trainer, self.catcher)
         if not signum:
@@ -298,8 +339,14 @@ class InterruptCallback(L.Callback):
         if save:
             path = Path(self.checkpoint_path(trainer))
             with self.catcher.saving():
-                trainer.save_checkpoint(path)  # every rank calls it, rank 0 writes
+                self._writing = True
+                try:
+                    trainer.save_checkpoint(path)  # every rank calls it, rank 0 writes
+                finally:
+                    self._writing = False
             self.saved = path
+            if self.on_saved is not None:
+                self.on_saved(trainer, path)
         elif trainer.ckpt_path:
             path = Path(trainer.ckpt_path)
         self.catcher._raised = True

@@ -7,6 +7,9 @@ README, "With solo-learn").
 
 from __future__ import annotations
 
+import sop_plugin.threads  # noqa: F401  (OMP_WAIT_POLICY=PASSIVE for the launchers: before solo loads torch)
+
+# isort: split
 import logging
 
 try:

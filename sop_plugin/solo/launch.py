@@ -27,6 +27,12 @@ wandb logging. Differences from solo-learn's scripts, all opt-in or fixes:
 * checkpoints carry the global RNG states, so that auto-resume continues the data order
   and augmentations where the interrupted run stopped (exact resume, see
   ``docs/reliability.md``).
+* SIGTERM / SIGINT (a scheduler's preemption or time limit, Ctrl-C): training stops at the
+  next batch end with an atomic checkpoint of that step in the Checkpointer's directory
+  (``<name>-<version>-ep=E-step=N.ckpt``), one line on stderr names it with the command that
+  resumes from it, and the process exits with 128 + the signal (143, 130). Before training
+  (data and model setup) a signal stops at once. ``OMP_WAIT_POLICY=PASSIVE`` unless set
+  (``sop_plugin.threads``).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -45,6 +52,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 import sop_plugin.solo  # noqa: F401  (registers METHODS["sop"]; clear ImportError without solo-learn)
 from sop_plugin.runtime import AtomicCheckpointIO, RNGStateCheckpoint, load_checkpoint, num_devices
+from sop_plugin.runtime.interrupt import InterruptCallback, Interrupted, SignalCatcher, hydra_value
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +205,39 @@ def _callbacks_and_logger(cfg: DictConfig, model, logdir: str, wandb_run_id: str
     return callbacks, logger
 
 
+def _interrupt_callback(cfg: DictConfig, catcher: SignalCatcher, logdir: str) -> InterruptCallback:
+    """Stops training at the next batch end after SIGTERM/SIGINT, with a checkpoint of that step.
+
+    The checkpoint goes where solo-learn's Checkpointer writes (``<name>-<version>-ep=E-step=N.ckpt``),
+    or to ``<logdir>/interrupted/`` without one. With ``checkpoint.keep_prev=False`` it replaces
+    the Checkpointer's previous file, as the next epoch's would, so that solo-learn's auto-resume
+    (which takes the first ``.ckpt`` it lists in a run's directory) finds it.
+    """
+    from solo.utils.checkpointer import Checkpointer
+
+    def checkpointer(trainer) -> Any:
+        found = [cb for cb in trainer.callbacks if isinstance(cb, Checkpointer) and getattr(cb, "path", None)]
+        return found[0] if found else None
+
+    def path(trainer) -> Path:
+        where = f"{trainer.current_epoch}-step={trainer.global_step}"
+        ckpt = checkpointer(trainer)
+        if ckpt is not None:
+            return Path(ckpt.path) / ckpt.ckpt_placeholder.format(where)
+        return Path(logdir) / "interrupted" / f"{cfg.name}-ep={where}.ckpt"
+
+    def saved(trainer, path: Path) -> None:
+        ckpt = checkpointer(trainer)
+        if ckpt is None:
+            return
+        previous = getattr(ckpt, "last_ckpt", None)
+        if trainer.is_global_zero and previous and Path(previous) != path and not ckpt.keep_prev:
+            Path(previous).unlink(missing_ok=True)
+        ckpt.last_ckpt = path
+
+    return InterruptCallback(catcher, path, method=str(cfg.method) if "method" in cfg else None, on_saved=saved)
+
+
 def _trainer(cfg: DictConfig, callbacks: list[Any], logger: Any, broadcast_buffers: bool = True):
     """A Lightning Trainer from the cfg keys that are Trainer arguments (as solo-learn)."""
     from lightning.pytorch import Trainer
@@ -225,8 +266,12 @@ def _trainer(cfg: DictConfig, callbacks: list[Any], logger: Any, broadcast_buffe
 
 
 # ---------------------------------------------------------------------- pretraining
-def run_pretrain(cfg: DictConfig):
-    """Pretrain ``cfg.method`` like solo-learn's main_pretrain.py; returns the Trainer."""
+def run_pretrain(cfg: DictConfig, catcher: SignalCatcher | None = None):
+    """Pretrain ``cfg.method`` like solo-learn's main_pretrain.py; returns the Trainer.
+
+    ``catcher``: the installed :class:`SignalCatcher` of the command line (SIGTERM/SIGINT then
+    raise :class:`Interrupted` after a checkpoint of the current step); None: no signal handling.
+    """
     from lightning.pytorch import seed_everything
     from solo.args.pretrain import parse_cfg
     from solo.data.pretrain_dataloader import (
@@ -320,6 +365,8 @@ def run_pretrain(cfg: DictConfig):
         callbacks.append(
             AutoUMAP(cfg.name, logdir=os.path.join(cfg.auto_umap.dir, cfg.method), frequency=cfg.auto_umap.frequency)
         )
+    if catcher is not None:
+        callbacks.append(_interrupt_callback(cfg, catcher, logdir))
     trainer = _trainer(cfg, callbacks, logger, broadcast_buffers=cfg.method != "sop")
     trainer.fit(model, ckpt_path=ckpt_path, **fit_kwargs)
     return trainer
@@ -355,8 +402,8 @@ def load_backbone_weights(backbone: torch.nn.Module, ckpt_path: str | Path, trus
     log.info("Loaded %s", path)
 
 
-def run_linear(cfg: DictConfig):
-    """Linear evaluation like solo-learn's main_linear.py; returns the Trainer."""
+def run_linear(cfg: DictConfig, catcher: SignalCatcher | None = None):
+    """Linear evaluation like solo-learn's main_linear.py; returns the Trainer (``catcher``: see run_pretrain)."""
     import torch.nn as nn
     from solo.args.linear import parse_cfg
     from solo.methods.base import BaseMethod
@@ -419,6 +466,8 @@ def run_linear(cfg: DictConfig):
     logdir = os.path.join(cfg.checkpoint.dir, "linear")
     ckpt_path, wandb_run_id = _resume(cfg, logdir)
     callbacks, logger = _callbacks_and_logger(cfg, model, logdir, wandb_run_id)
+    if catcher is not None:
+        callbacks.append(_interrupt_callback(cfg, catcher, logdir))
     trainer = _trainer(cfg, callbacks, logger)
     trainer.fit(model, ckpt_path=ckpt_path, **fit_kwargs)
     return trainer
@@ -438,16 +487,44 @@ def absolute_config_path(argv: list[str]) -> list[str]:
     return out
 
 
+def resume_command(prog: str, argv: list[str], checkpoint: Path) -> str:
+    """``argv`` as ``prog``'s command line, resuming from ``checkpoint`` (``++resume_from_checkpoint``)."""
+    args = [a for a in argv[1:] if not a.lstrip("+~").startswith("resume_from_checkpoint=")]
+    resume = f"++resume_from_checkpoint={hydra_value(str(checkpoint))}"
+    return " ".join([prog, *(shlex.quote(a) for a in args), shlex.quote(resume)])
+
+
+def interrupted_message(prog: str, stop: Interrupted, argv: list[str]) -> str:
+    """The one line printed when a signal stopped the run."""
+    if stop.checkpoint is None:
+        return f"{prog}: {stop.describe()}; no checkpoint yet: run the same command again to start over"
+    return f"{prog}: {stop.describe()}; checkpoint {stop.checkpoint}; resume with: " + resume_command(
+        prog, argv, stop.checkpoint
+    )
+
+
+def _run_cli(prog: str, run: Callable[[DictConfig, SignalCatcher], Any], cfg: DictConfig) -> None:
+    """``run(cfg, catcher)`` under SIGTERM/SIGINT handling: message and exit status 128 + signal."""
+    with SignalCatcher(prog=prog) as catcher:
+        try:
+            catcher.set_immediate("setup")  # until the Trainer sets up: nothing to save yet
+            run(cfg, catcher)
+        except Interrupted as stop:
+            if int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
+                print(interrupted_message(prog, stop, sys.argv), file=sys.stderr, flush=True)
+            sys.exit(stop.exit_code)
+
+
 @hydra.main(version_base="1.2", config_path=None, config_name=None)
 def _pretrain_hydra(cfg: DictConfig) -> None:
     OmegaConf.set_struct(cfg, False)
-    run_pretrain(cfg)
+    _run_cli("sop-solo-pretrain", run_pretrain, cfg)
 
 
 @hydra.main(version_base="1.2", config_path=None, config_name=None)
 def _linear_hydra(cfg: DictConfig) -> None:
     OmegaConf.set_struct(cfg, False)
-    run_linear(cfg)
+    _run_cli("sop-solo-linear", run_linear, cfg)
 
 
 def pretrain_main() -> None:

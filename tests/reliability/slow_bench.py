@@ -1,24 +1,63 @@
-"""``sop-bench`` slowed to ~0.2 s per step, so a test can SIGKILL it mid-epoch.
+"""``sop-bench`` slowed to ~0.2 s per step, so a test can signal or SIGKILL it mid-epoch.
 
 Usage: ``python slow_bench.py <hydra overrides>``; the only change to the real CLI is a
-sleep after every training step.
+sleep after every training step. Optional, through the environment:
+
+* ``SOP_TEST_PROGRESS=FILE``: after every step, FILE holds ``<method> <steps done so far>``;
+* ``SOP_TEST_SLOW_SAVE=SECONDS``: every checkpoint write sleeps this long after the temporary
+  file is written and before it is renamed into place, after appending ``<step> <temporary
+  file>`` to FILE.saves (a test signals the process again then);
+* ``SOP_TEST_SLOW_EVAL=SECONDS``: the final evaluation of every method first writes
+  ``<method> evaluating`` to FILE, then sleeps this long.
 """
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 from typing import Any
 
-from sop_plugin.bench import callbacks, cli
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from sop_plugin.bench import callbacks, cli, runner
 
 _original = callbacks.StepTimer.on_train_batch_end
+_original_save = TorchCheckpointIO.save_checkpoint
+PROGRESS = os.environ.get("SOP_TEST_PROGRESS")
+SLOW_SAVE = float(os.environ.get("SOP_TEST_SLOW_SAVE", "0"))
+SLOW_EVAL = float(os.environ.get("SOP_TEST_SLOW_EVAL", "0"))
+_original_eval = runner.evaluate_fitted
 
 
-def _slow(self: Any, *args: Any) -> None:
-    _original(self, *args)
+def _slow(self: Any, trainer: Any, *args: Any) -> None:
+    _original(self, trainer, *args)
+    if PROGRESS:
+        tmp = Path(f"{PROGRESS}.tmp")
+        tmp.write_text(f"{trainer.lightning_module.method} {int(trainer.global_step)}")
+        tmp.replace(PROGRESS)
     time.sleep(0.2)
+
+
+def _slow_save(self: Any, checkpoint: dict, path: Any, storage_options: Any = None) -> None:
+    _original_save(self, checkpoint, path, storage_options)
+    if PROGRESS:
+        with open(f"{PROGRESS}.saves", "a") as f:
+            f.write(f"{checkpoint.get('global_step')} {path}\n")
+    time.sleep(SLOW_SAVE)
+
+
+def _slow_eval(method: str, *args: Any, **kwargs: Any) -> Any:
+    if PROGRESS:
+        Path(PROGRESS).write_text(f"{method} evaluating")
+    time.sleep(SLOW_EVAL)
+    return _original_eval(method, *args, **kwargs)
 
 
 if __name__ == "__main__":
     callbacks.StepTimer.on_train_batch_end = _slow  # type: ignore[method-assign]
+    if SLOW_SAVE > 0:
+        TorchCheckpointIO.save_checkpoint = _slow_save  # type: ignore[method-assign]
+    if SLOW_EVAL > 0:
+        runner.evaluate_fitted = _slow_eval
     cli.main()

@@ -104,13 +104,15 @@ def decode(path: Path, size: int | None) -> tuple[np.ndarray, bool]:
     return np.asarray(image, dtype=np.uint8), grey
 
 
-def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
-    """Scale the short side to ``size`` (bilinear, antialiased) and cut the centre square."""
+def resize_center_crop(
+    image: Image.Image, size: int, resample: Image.Resampling = Image.Resampling.BILINEAR
+) -> Image.Image:
+    """Scale the short side to ``size`` (bilinear by default; nearest for label masks), cut the centre square."""
     width, height = image.size
     scale = size / min(width, height)
     new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
     if (new_w, new_h) != (width, height):
-        image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+        image = image.resize((new_w, new_h), resample)
     left, top = (new_w - size) // 2, (new_h - size) // 2
     return image.crop((left, top, left + size, top + size))
 

@@ -1,0 +1,39 @@
+"""``sop-solo-pretrain`` slowed to ~0.2 s per step, so a test can signal it mid-epoch.
+
+Usage: ``python slow_solo.py <sop-solo-pretrain arguments>``. The only change to the real
+launcher is one more callback: after every step it writes the steps done so far to
+``$SOP_TEST_PROGRESS`` and sleeps 0.2 s.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from sop_plugin.solo import launch
+
+PROGRESS = os.environ.get("SOP_TEST_PROGRESS")
+_make_callbacks = launch._callbacks_and_logger
+
+
+class Slow(L.Callback):
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if PROGRESS:
+            tmp = Path(f"{PROGRESS}.tmp")
+            tmp.write_text(str(int(trainer.global_step)))
+            tmp.replace(PROGRESS)
+        time.sleep(0.2)
+
+
+def _callbacks_and_logger(*args: Any, **kwargs: Any) -> Any:
+    callbacks, logger = _make_callbacks(*args, **kwargs)
+    return [*callbacks, Slow()], logger
+
+
+if __name__ == "__main__":
+    launch._callbacks_and_logger = _callbacks_and_logger
+    launch.pretrain_main()
