@@ -39,8 +39,10 @@ test: setup
 test-fast: setup
 	OMP_WAIT_POLICY=PASSIVE $(PY) -m pytest -q -m "not slow"
 
+# OpenMP threads sleep instead of spinning while they wait, so a shared CPU does not stall the
+# run (sop-bench sets the same itself; docs/performance.md, "Shared CPU"); your OMP_WAIT_POLICY wins
 bench: setup
-	$(VENV)/bin/sop-bench $(BENCH_ARGS)
+	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(VENV)/bin/sop-bench $(BENCH_ARGS)
 
 # What benchmarks/gpu_run.sh carries to a GPU machine without network: wheels of the packages a
 # plain CUDA/torch image lacks (cp312, downloaded from PyPI when you run this) and the dataset.

@@ -4,11 +4,15 @@ Usage: ``sop-perf [out=DIR] [settings=vit_tiny_28,vit_tiny_224,quick_28] [repeat
 [memories=8192,65536,1048576] [queries=64,256,512] [k=8] [device=auto|cpu|cuda]
 [threads=N] [isolate=auto|true|false] [parts=step,retrieval,design]``
 
-Writes ``DIR/perf.json`` (layout in docs/performance.md) and ``DIR/perf.png``.
+Writes ``DIR/perf.json`` (layout in docs/performance.md) and ``DIR/perf.png``. Runs with
+``OMP_WAIT_POLICY=PASSIVE`` unless the environment sets a policy (``sop_plugin.threads``).
 """
 
 from __future__ import annotations
 
+import sop_plugin.threads  # noqa: F401  (OMP_WAIT_POLICY=PASSIVE unless set: before anything loads torch)
+
+# isort: split
 import json
 import logging
 import os

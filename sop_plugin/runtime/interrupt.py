@@ -142,6 +142,7 @@ class SignalCatcher:
         self._raised = False
         self._previous: dict[int, Any] = {}
         self._forward: list[int] = []  # pids the signal is passed on to (DDP children)
+        self._pid = os.getpid()
 
     # ------------------------------------------------------------------ installation
     @property
@@ -152,6 +153,7 @@ class SignalCatcher:
         """Install the handler (main thread only; idempotent)."""
         if self.installed or threading.current_thread() is not threading.main_thread():
             return self
+        self._pid = os.getpid()
         for signum in self.signals:
             self._previous[signum] = signal.getsignal(signum)
             signal.signal(signum, self._handle)
@@ -179,6 +181,11 @@ class SignalCatcher:
         launcher = getattr(getattr(trainer, "strategy", None), "launcher", None)
         procs = getattr(launcher, "procs", None) or []
         self._forward = [int(p.pid) for p in procs if getattr(p, "pid", None)]
+        # a SIGTERM between Lightning's registration and now reached both handlers: Lightning's
+        # flag would make its loops raise SIGTERMException (exit status 0); the catcher has it
+        connector = getattr(trainer, "_signal_connector", None)
+        if connector is not None and getattr(connector, "received_sigterm", False):
+            connector.received_sigterm = False
 
     def __enter__(self) -> SignalCatcher:
         return self.install()
@@ -188,6 +195,8 @@ class SignalCatcher:
 
     # ------------------------------------------------------------------ the handler
     def _handle(self, signum: int, frame: Any) -> None:
+        if os.getpid() != self._pid:
+            return  # a forked DataLoader worker: the main process stops it when it stops
         self.count += 1
         first = self.signum is None
         if first:
@@ -251,14 +260,14 @@ class SignalCatcher:
             self._saving = False
 
 
-#: Lightning >= 2.2 knows that a checkpoint written at ``on_train_batch_end`` holds that batch
-#: (it completes the batch's count on restart); 2.1.2 restarts from the last *completed* count
-#: and so trains one batch more in the interrupted epoch
+#: Lightnings with ``restarted_on_train_batch_end`` (2.6.6 here) know that a checkpoint written at
+#: ``on_train_batch_end`` holds that batch (they complete its count on restart); older ones (2.1.2,
+#: solo-learn's pin) restart from the last *completed* count and train one batch more in that epoch
 _RESTARTS_ON_TRAIN_BATCH_END = hasattr(_TrainingEpochLoop, "restarted_on_train_batch_end")
 
 
 def count_current_batch(checkpoint: dict[str, Any]) -> None:
-    """Mark the batch in progress as completed in a checkpoint written at ``on_train_batch_end`` (Lightning < 2.2)."""
+    """Mark the batch in progress as completed in a checkpoint written at ``on_train_batch_end`` (older Lightning)."""
     progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress")
     if not progress:
         return

@@ -1,4 +1,4 @@
-"""solo-learn binding of SOP: importing this package registers ``METHODS["sop"]``.
+"""solo-learn binding of SOP: importing this package registers ``METHODS["sop"]`` and ``METHODS["ibot"]``.
 
 solo-learn is an optional extra of sop-plugin (only this package imports it). Its
 version 1.0.6 is not on PyPI; install it from its git repository first (see the
@@ -25,21 +25,26 @@ except ImportError as exc:  # solo-learn missing, or installed but not importabl
         "see the README section 'With solo-learn'."
     ) from exc
 
+from sop_plugin.solo.ibot_method import IBOT
 from sop_plugin.solo.sop_method import METHOD_KWARGS_DEFAULTS, SOLO_ONLY_KEYS, SOP
 
 log = logging.getLogger(__name__)
 
+#: the methods this package adds to solo-learn's ``METHODS``
+PLUGIN_METHODS = {"sop": SOP, "ibot": IBOT}
+
 
 def register() -> None:
-    """Register :class:`SOP` as ``solo.methods.METHODS["sop"]`` (idempotent)."""
-    current = METHODS.get("sop")
-    if current is SOP:
-        return
-    if current is not None:
-        log.warning("replacing solo-learn's METHODS['sop'] (%r) by sop_plugin's SOP", current)
-    METHODS["sop"] = SOP
+    """Register :class:`SOP` and :class:`IBOT` in ``solo.methods.METHODS`` (idempotent)."""
+    for name, cls in PLUGIN_METHODS.items():
+        current = METHODS.get(name)
+        if current is cls:
+            continue
+        if current is not None:
+            log.warning("replacing solo-learn's METHODS[%r] (%r) by sop_plugin's %s", name, current, cls.__name__)
+        METHODS[name] = cls
 
 
 register()
 
-__all__ = ["METHOD_KWARGS_DEFAULTS", "SOLO_ONLY_KEYS", "SOP", "register"]
+__all__ = ["IBOT", "METHOD_KWARGS_DEFAULTS", "PLUGIN_METHODS", "SOLO_ONLY_KEYS", "SOP", "register"]

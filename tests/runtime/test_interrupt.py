@@ -141,3 +141,22 @@ def test_catcher_sections(tmp_path: Path) -> None:
                     pass
                 pytest.fail("not interrupted")
         assert info.value.phase == "evaluation" and info.value.signum == signal.SIGINT
+
+
+class SignalAtTrainStart(L.Callback):
+    """Sends SIGTERM while Lightning's own handler is installed (before the catcher takes over)."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_while_lightnings_handler_is_installed_reaches_the_catcher(tmp_path: Path) -> None:
+    """Lightning composes its handler with the catcher's: both run; the callback stops, not SIGTERMException."""
+    with SignalCatcher() as catcher:
+        callbacks = [SignalAtTrainStart(), InterruptCallback(catcher, lambda trainer: tmp_path / "x.ckpt")]
+        trainer = _trainer(tmp_path, callbacks)
+        with pytest.raises(Interrupted) as info:
+            trainer.fit(Tiny(), _loader())
+    assert info.value.signum == signal.SIGTERM and info.value.step == 0 and info.value.checkpoint is None
+    assert not trainer.received_sigterm  # Lightning's flag (set by its half of the handler) was cleared
+    assert not (tmp_path / "x.ckpt").exists()  # nothing trained, nothing to save

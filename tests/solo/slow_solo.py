@@ -1,8 +1,8 @@
 """``sop-solo-pretrain`` slowed to ~0.2 s per step, so a test can signal it mid-epoch.
 
-Usage: ``python slow_solo.py <sop-solo-pretrain arguments>``. The only change to the real
-launcher is one more callback: after every step it writes the steps done so far to
-``$SOP_TEST_PROGRESS`` and sleeps 0.2 s.
+Usage: ``python slow_solo.py <sop-solo-pretrain arguments>`` (``SOP_TEST_LAUNCHER=linear``:
+``sop-solo-linear``). The only change to the real launcher is one more callback: after every
+step it writes the steps done so far to ``$SOP_TEST_PROGRESS`` and sleeps 0.2 s.
 """
 
 from __future__ import annotations
@@ -36,4 +36,7 @@ def _callbacks_and_logger(*args: Any, **kwargs: Any) -> Any:
 
 if __name__ == "__main__":
     launch._callbacks_and_logger = _callbacks_and_logger
-    launch.pretrain_main()
+    if os.environ.get("SOP_TEST_LAUNCHER") == "linear":
+        launch.linear_main()
+    else:
+        launch.pretrain_main()

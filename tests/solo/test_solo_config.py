@@ -197,3 +197,87 @@ def test_shipped_linear_configs_match_pretraining(dataset):
     assert linear.pretrain_method == "sop"
     assert OmegaConf.to_container(linear.backbone) == OmegaConf.to_container(pretrain.backbone)
     assert linear.data.dataset == pretrain.data.dataset
+
+
+#: the method knobs iBOT shares with solo-learn's DINO (same names, same values in the shipped configs)
+IBOT_KEYS_OF_DINO = (
+    "proj_hidden_dim",
+    "proj_output_dim",
+    "norm_last_layer",
+    "student_temperature",
+    "teacher_temperature",
+    "warmup_teacher_temperature",
+    "warmup_teacher_temperature_epochs",
+    "clip_grad",
+    "freeze_last_layer",
+)
+#: what the comparison holds equal between the three methods (everything but the method knobs)
+MATCHED = (
+    "backbone",
+    "momentum",
+    "optimizer",
+    "scheduler",
+    "max_epochs",
+    "data",
+    "knn_eval",
+    "clean_knn",
+    "augmentations",
+)
+
+
+def _plain(value):
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+
+
+@pytest.mark.parametrize("dataset", ["cifar", "imagenet-100", "imagenet", "fashion-mnist"])
+def test_shipped_ibot_configs_match_dino_and_sop(dataset):
+    from solo.methods import DINO
+
+    from sop_plugin.solo.ibot_method import IBOT
+
+    folder = SCRIPTS / "pretrain" / dataset
+    ibot, dino = compose(folder, "ibot.yaml"), compose(folder, "dino.yaml")
+    sop = compose(folder, "sop.yaml", ["augmentations=global.yaml"])  # as scripts/compare/*.sh runs it
+    for cfg in (ibot, dino, sop):
+        _count_crops(cfg)
+    assert ibot.method == "ibot" and ibot.data.num_small_crops == 0
+    ibot, dino, sop = (
+        IBOT.add_and_assert_specific_cfg(ibot),
+        DINO.add_and_assert_specific_cfg(dino),
+        SOP.add_and_assert_specific_cfg(sop),
+    )
+    for key in MATCHED:
+        assert _plain(ibot[key]) == _plain(dino[key]) == _plain(sop[key]), key
+    assert ibot.knn_eval.distance_func == "cosine" and ibot.csv.enabled
+    for key in IBOT_KEYS_OF_DINO:
+        assert ibot.method_kwargs[key] == dino.method_kwargs[key], key
+    assert ibot.method_kwargs.warmup_teacher_temperature_epochs == sop.method_kwargs.warmup_teacher_temp_epochs
+    for key in ("mask_prob", "mask_ratio", "mask_min_block", "clip_grad"):
+        assert _plain(ibot.method_kwargs[key]) == _plain(sop.method_kwargs[key]), key
+    assert ibot.method_kwargs.num_prototypes == (8192 if dataset.startswith("imagenet") else 4096)
+
+
+@pytest.mark.parametrize("dataset", ["cifar", "imagenet-100", "imagenet", "fashion-mnist"])
+@pytest.mark.parametrize("method", ["dino", "ibot"])
+def test_shipped_linear_configs_of_dino_and_ibot_match_sop(dataset, method):
+    linear, sop_linear = (
+        compose(SCRIPTS / "linear" / dataset, f"{method}.yaml"),
+        compose(SCRIPTS / "linear" / dataset, "sop.yaml"),
+    )
+    pretrain = compose(SCRIPTS / "pretrain" / dataset, f"{method}.yaml")
+    assert linear.pretrain_method == method and linear.name.startswith(method)
+    assert _plain(linear.backbone) == _plain(pretrain.backbone)
+    for key in ("data", "optimizer", "scheduler", "max_epochs"):
+        assert _plain(linear[key]) == _plain(sop_linear[key]), key
+
+
+def test_cpu_profile_keeps_max_epochs_at_least_the_warm_up():
+    folder = SCRIPTS / "pretrain" / "fashion-mnist"
+    for name, key in (
+        ("sop", "warmup_teacher_temp_epochs"),
+        ("dino", "warmup_teacher_temperature_epochs"),
+        ("ibot", "warmup_teacher_temperature_epochs"),
+    ):
+        cfg = compose(folder, f"{name}.yaml", ["+profile=cpu"])
+        assert cfg.accelerator == "cpu" and cfg.devices == 1 and cfg.optimizer.batch_size == 64
+        assert cfg.method_kwargs[key] <= cfg.max_epochs, name

@@ -68,18 +68,19 @@ def test_masked_forward_matches_backbone_and_masks_change_patches(vit_model):
     x = torch.randn(3, 3, 16, 16)
     with torch.no_grad():
         plain = m.backbone(x)
-        out = m._student_forward(x, torch.zeros(3, 16, dtype=torch.bool))
+        feats, patches = m.encode(x, torch.zeros(3, 16, dtype=torch.bool))
         teacher = m.momentum_forward(x)
         mask = torch.zeros(3, 16, dtype=torch.bool)
         mask[0, :8] = True
-        masked = m._student_forward(x, mask)
-    assert torch.allclose(out["feats"], plain, atol=1e-5)
+        masked, _ = m.encode(x, mask)
+        z = m(x)["z"]
+    assert torch.allclose(feats, plain, atol=1e-5)
     assert torch.allclose(teacher["feats"], plain, atol=1e-5)  # same weights at init
-    assert out["z"].shape == (3, 32) and out["z_patches"].shape == (3, 16, 32)
-    assert torch.allclose(out["z"].norm(dim=-1), torch.ones(3), atol=1e-5)
-    assert not torch.allclose(masked["feats"][0], plain[0], atol=1e-4)  # image 0 masked
-    assert torch.allclose(masked["feats"][1:], plain[1:], atol=1e-5)  # others untouched
-    assert "z" not in teacher  # no teacher head outputs outside training
+    assert patches.shape == (3, 16, m.backbone.embed_dim)
+    assert z.shape == (3, 32) and torch.allclose(z.norm(dim=-1), torch.ones(3), atol=1e-5)
+    assert not torch.allclose(masked[0], plain[0], atol=1e-4)  # image 0 masked
+    assert torch.allclose(masked[1:], plain[1:], atol=1e-5)  # others untouched
+    assert "patches" not in teacher  # no teacher patch tokens outside training
     m.train()
 
 
@@ -111,13 +112,13 @@ def test_checkpoint_holds_memories_once_and_backbone_loads_like_solo_linear(vit_
 
 
 def test_resnet_backbone_disables_sop_mim_with_warning(caplog):
-    with caplog.at_level(logging.WARNING, logger="sop_plugin.solo.sop_method"):
+    with caplog.at_level(logging.WARNING, logger="sop_plugin.solo.masked"):
         m = build(backbone="resnet18", small_crops=0)
     assert not m.use_mim
     assert "SOP-MIM needs patch tokens" in caplog.text
     assert "mask_token" not in {g["name"] for g in m.learnable_params}
-    out = m.multicrop_forward(torch.randn(2, 3, 32, 32))
-    assert out["z"].shape == (2, 32)
+    assert m.encode(torch.randn(2, 3, 32, 32))[1] is None
+    assert m.eval()(torch.randn(2, 3, 32, 32))["z"].shape == (2, 32)
 
 
 def test_vit_without_mim_has_no_mask_token():

@@ -10,13 +10,14 @@ import pytest
 pytest.importorskip("solo", reason="solo-learn 1.0.6 is not installed (optional extra, see README)")
 
 
-def test_import_registers_sop():
+def test_import_registers_sop_and_ibot():
     from solo.methods import METHODS
 
     import sop_plugin.solo
+    from sop_plugin.solo.ibot_method import IBOT
     from sop_plugin.solo.sop_method import SOP
 
-    assert METHODS["sop"] is SOP
+    assert METHODS["sop"] is SOP and METHODS["ibot"] is IBOT
     assert sop_plugin.solo.SOP is SOP
     assert "dino" in METHODS  # solo-learn's own methods stay
 
@@ -33,7 +34,7 @@ def test_registration_is_idempotent():
     sop_plugin.solo.register()
     importlib.reload(sop_plugin.solo)
     assert set(METHODS) == set(before)
-    assert METHODS["sop"].__name__ == "SOP"
+    assert METHODS["sop"].__name__ == "SOP" and METHODS["ibot"].__name__ == "IBOT"
 
 
 def test_missing_solo_learn_gives_install_hint():

@@ -11,6 +11,9 @@ training), and merges the numbers into ``RUN_DIR/results.json``, the report and 
 
 from __future__ import annotations
 
+import sop_plugin.threads  # noqa: F401  (OMP_WAIT_POLICY=PASSIVE unless set: before anything loads torch)
+
+# isort: split
 import argparse
 import json
 import logging

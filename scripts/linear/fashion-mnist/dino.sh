@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Linear evaluation on fashion-mnist of a DINO checkpoint: fashion-mnist/dino.sh CHECKPOINT [overrides...]
+set -euo pipefail
+if [ $# -lt 1 ]; then echo "usage: $0 PRETRAINED.ckpt [hydra overrides...]" >&2; exit 2; fi
+ckpt="$1"; shift
+cd "$(dirname "$0")/../../.."
+exec sop-solo-linear --config-path scripts/linear/fashion-mnist --config-name dino.yaml \
+  "pretrained_feature_extractor='$ckpt'" "$@"
