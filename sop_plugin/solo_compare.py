@@ -119,7 +119,9 @@ def markdown_table(runs: Sequence[Run]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     note = (
         "\nkNN: solo-learn's online kNN (k and distance from `knn_eval`); linear: its online linear "
-        "classifier on detached features (`val_acc1`); both on the validation folder, in %."
+        "classifier on detached features (`val_acc1`); clean kNN: `clean_knn` (un-augmented train images as the bank); "
+        "all on the validation folder, in %. Wall time: from the start of training to the last epoch's end, "
+        "validation included; steps/s: optimisation steps / wall time."
     )
     return "\n".join(lines) + "\n" + note + "\n"
 

@@ -29,7 +29,7 @@ from solo.utils.misc import omegaconf_select
 from solo.utils.momentum import initialize_momentum_params
 from torch import Tensor, nn
 
-from sop_plugin.core import linear_warmup, rank_and_world
+from sop_plugin.core import linear_warmup
 from sop_plugin.runtime.nonfinite import nonfinite_buffers
 from sop_plugin.solo.masked import SHARED_KEYS, MaskedMomentumMethod, allow_local_crops, fill_method_kwargs
 from sop_plugin.solo.masked import shared_problems as _shared_problems
@@ -134,22 +134,6 @@ class IBOT(MaskedMomentumMethod):
         allow_local_crops(cfg, "iBOT")
         return cfg
 
-    @property
-    def learnable_params(self) -> list[dict[str, Any]]:
-        """solo-learn's groups plus the shared head and, with patch tokens, the mask token."""
-        return super().learnable_params + [{"name": "head", "params": self.head.parameters()}]
-
-    @property
-    def momentum_pairs(self) -> list[tuple[Any, Any]]:
-        """(backbone, momentum_backbone) from solo-learn plus (head, momentum_head)."""
-        return super().momentum_pairs + [(self.head, self.momentum_head)]
-
-    def forward(self, X: Tensor) -> dict[str, Any]:
-        """Unmasked student (validation, feature extraction): feats, logits and z (prototype scores)."""
-        out = super().forward(X)
-        out["z"] = self.head(out["feats"])
-        return out
-
     @torch.no_grad()
     def momentum_forward(self, X: Tensor) -> dict[str, Any]:
         """Teacher on an unmasked global crop: feats, z (prototype scores) and, while training, patches."""
@@ -160,6 +144,15 @@ class IBOT(MaskedMomentumMethod):
     def teacher_temp(self, step: int) -> float:
         """The teacher temperature at ``step`` (linear warm-up, then constant)."""
         return linear_warmup(step, self.warmup_steps, *self.temps)
+
+    def _draw_masks(self, views: Sequence[Tensor], batch_idx: int) -> list[Tensor]:
+        """The shared block masks, with at least one masked patch per step: the patch loss updates its
+        centre with the mean over the masked patches (all-reduced under DDP), undefined for none. With
+        ``mask_prob`` 0.5 an all-unmasked step has probability 2^-(2B), so this changes almost nothing."""
+        masks = super()._draw_masks(views, batch_idx)
+        if masks and not any(bool(m.any()) for m in masks):
+            masks[0][0, 0] = True
+        return masks
 
     def on_train_start(self) -> None:
         """Converts the teacher-temperature warm-up from epochs to optimisation steps."""
@@ -176,14 +169,12 @@ class IBOT(MaskedMomentumMethod):
         cls_loss = self.dino_loss(list(out["momentum_z"]), list(s_cls), teacher_temp=temp)
         patch_loss = cls_loss.new_zeros(())
         if self.use_mim:
-            mask = torch.cat(masks)  # [G*B, N], True = masked
-            # under DDP every rank joins the patch centre's all-reduce, masked patches or not
-            if mask.any() or rank_and_world()[1] > 1:
-                s_out = self.head(torch.cat(out["patches"])[mask])
-                with torch.no_grad():
-                    t_out = self.momentum_head(torch.cat(out["momentum_patches"])[mask])
-                grid = mask.view(mask.shape[0], *self.patch_grid(batch[1][0]))
-                patch_loss = self.patch_loss(t_out, s_out, grid, teacher_temp=temp)
+            mask = torch.cat(masks)  # [G*B, N], True = masked; never empty (_draw_masks)
+            s_out = self.head(torch.cat(out["patches"])[mask])
+            with torch.no_grad():
+                t_out = self.momentum_head(torch.cat(out["momentum_patches"])[mask])
+            grid = mask.view(mask.shape[0], *self.patch_grid(batch[1][0]))
+            patch_loss = self.patch_loss(t_out, s_out, grid, teacher_temp=temp)
         loss = cls_loss + self.mim_weight * patch_loss
         total = loss + out["loss"]
         if not self.finish_step(total, lambda: self._explain_nonfinite(cls_loss, patch_loss, out["loss"])):

@@ -27,6 +27,13 @@ wandb logging. Differences from solo-learn's scripts, all opt-in or fixes:
 * checkpoints carry the global RNG states, so that auto-resume continues the data order
   and augmentations where the interrupted run stopped (exact resume, see
   ``docs/reliability.md``).
+* before training, configs that solo-learn would fail on late are refused with the fix
+  (:mod:`sop_plugin.solo.checks`: DINO's warm-up longer than the run, ``limit_val_batches`` that
+  leaves the online kNN classes short); a run that trains nothing (auto-resume of a finished run)
+  says so on stderr.
+* ``csv.enabled``: Lightning's CSVLogger in ``<csv.dir>/<name>/`` (read by ``sop-solo-compare``);
+  every epoch logs ``wall_time_s`` and prints its validation accuracies; ``clean_knn.enabled``:
+  kNN on un-augmented features (:mod:`sop_plugin.solo.callbacks`).
 * SIGTERM / SIGINT (a scheduler's preemption or time limit, Ctrl-C): training stops at the
   next batch end with an atomic checkpoint of that step in the Checkpointer's directory
   (``<name>-<version>-ep=E-step=N.ckpt``), one line on stderr names it with the command that
@@ -53,6 +60,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 import sop_plugin.solo  # noqa: F401  (registers METHODS["sop"]; clear ImportError without solo-learn)
 from sop_plugin.runtime import AtomicCheckpointIO, RNGStateCheckpoint, load_checkpoint, num_devices
 from sop_plugin.runtime.interrupt import InterruptCallback, Interrupted, SignalCatcher, hydra_value
+from sop_plugin.solo.callbacks import NothingTrained, WallClock, clean_knn_from_cfg
+from sop_plugin.solo.checks import preflight
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +191,7 @@ def _callbacks_and_logger(cfg: DictConfig, model, logdir: str, wandb_run_id: str
     from lightning.pytorch.callbacks import LearningRateMonitor
     from solo.utils.checkpointer import Checkpointer
 
-    callbacks: list[Any] = [RNGStateCheckpoint()]
+    callbacks: list[Any] = [RNGStateCheckpoint(), WallClock(), NothingTrained()]
     if cfg.checkpoint.enabled:
         callbacks.append(
             Checkpointer(cfg, logdir=logdir, frequency=cfg.checkpoint.frequency, keep_prev=cfg.checkpoint.keep_prev)
@@ -202,6 +211,11 @@ def _callbacks_and_logger(cfg: DictConfig, model, logdir: str, wandb_run_id: str
         logger.watch(model, log="gradients", log_freq=100)
         logger.log_hyperparams(OmegaConf.to_container(cfg))
         callbacks.append(LearningRateMonitor(logging_interval="step"))
+    if _select(cfg, "csv.enabled", False) and _select(cfg, "logger", None) is not False:
+        from lightning.pytorch.loggers import CSVLogger
+
+        csv_logger = CSVLogger(save_dir=str(cfg.csv.dir), name=str(cfg.name))
+        logger = csv_logger if logger is None else [logger, csv_logger]
     return callbacks, logger
 
 
@@ -285,6 +299,7 @@ def run_pretrain(cfg: DictConfig, catcher: SignalCatcher | None = None):
     from solo.utils.misc import make_contiguous
 
     cfg = parse_with_devices(parse_cfg, cfg)
+    preflight(cfg)
     seed_everything(cfg.seed)
 
     if cfg.method not in METHODS:
@@ -359,6 +374,7 @@ def run_pretrain(cfg: DictConfig, catcher: SignalCatcher | None = None):
     logdir = os.path.join(cfg.checkpoint.dir, cfg.method)
     ckpt_path, wandb_run_id = _resume(cfg, logdir)
     callbacks, logger = _callbacks_and_logger(cfg, model, logdir, wandb_run_id)
+    callbacks += [cb for cb in [clean_knn_from_cfg(cfg, val_loader)] if cb is not None]
     if _select(cfg, "auto_umap.enabled", False):
         from solo.utils.auto_umap import AutoUMAP
 

@@ -96,7 +96,7 @@ class MaskedMomentumMethod(BaseMomentumMethod):
     """solo-learn momentum method with a block-masked ViT student (see the module docstring).
 
     Subclasses set :attr:`patch_objective` and :attr:`fallback` (for the warning without a ViT),
-    create ``self.head`` (the student head: clipped with the backbone), and call
+    create ``self.head`` and ``self.momentum_head`` (the student's is clipped with the backbone), and call
     :meth:`masked_training_step` / :meth:`finish_step` in their ``training_step``.
     """
 
@@ -137,9 +137,22 @@ class MaskedMomentumMethod(BaseMomentumMethod):
 
     @property
     def learnable_params(self) -> list[dict[str, Any]]:
-        """solo-learn's groups plus, with patch tokens, the mask token (no weight decay)."""
-        extra = [{"name": "mask_token", "params": [self.mask_token], "weight_decay": 0.0}] if self.use_mim else []
+        """solo-learn's groups plus the head and, with patch tokens, the mask token (no weight decay)."""
+        extra = [{"name": "head", "params": self.head.parameters()}]
+        if self.use_mim:
+            extra.append({"name": "mask_token", "params": [self.mask_token], "weight_decay": 0.0})
         return super().learnable_params + extra
+
+    @property
+    def momentum_pairs(self) -> list[tuple[Any, Any]]:
+        """(backbone, momentum_backbone) from solo-learn plus (head, momentum_head)."""
+        return super().momentum_pairs + [(self.head, self.momentum_head)]
+
+    def forward(self, X: Tensor) -> dict[str, Any]:
+        """Unmasked student (validation, feature extraction): feats, logits and ``z`` (the head's output)."""
+        out = super().forward(X)
+        out["z"] = self.head(out["feats"])
+        return out
 
     # ------------------------------------------------------------------ masking
     def _masked_vit(self, teacher: bool) -> MaskedVisionTransformerTIMM:

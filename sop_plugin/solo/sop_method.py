@@ -114,22 +114,6 @@ class SOP(MaskedMomentumMethod):
         allow_local_crops(cfg, "SOP")
         return cfg
 
-    @property
-    def learnable_params(self) -> list[dict[str, Any]]:
-        """solo-learn's groups plus the SOP head and, with SOP-MIM, the mask token."""
-        return super().learnable_params + [{"name": "head", "params": self.head.parameters()}]
-
-    @property
-    def momentum_pairs(self) -> list[tuple[Any, Any]]:
-        """(backbone, momentum_backbone) from solo-learn plus (head, momentum_head)."""
-        return super().momentum_pairs + [(self.head, self.momentum_head)]
-
-    def forward(self, X: Tensor) -> dict[str, Any]:
-        """Unmasked student (validation, feature extraction): feats, logits and z."""
-        out = super().forward(X)
-        out["z"] = self.head(out["feats"])
-        return out
-
     def on_train_start(self) -> None:
         """Converts the teacher-temperature warm-up from epochs to optimisation steps."""
         super().on_train_start()

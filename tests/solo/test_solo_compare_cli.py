@@ -85,3 +85,17 @@ def test_launcher_refuses_limit_val_batches_that_starve_online_knn(
     cfg = compose(SCRIPTS / "pretrain" / "fashion-mnist", "sop.yaml", overrides)
     with pytest.raises(ValueError, match=r"hold 2 of its 5 classes"):
         run_pretrain(cfg)
+
+
+@pytest.mark.slow
+def test_a_resumed_finished_run_says_it_trained_nothing(tiny_image_folder: Path, tmp_path: Path, monkeypatch, capfd):
+    from sop_plugin.solo.launch import run_pretrain
+
+    monkeypatch.chdir(tmp_path)
+    overrides = [*data_overrides(tiny_image_folder), *CPU, *SMALL_IBOT, "max_epochs=1", "++limit_train_batches=1"]
+    overrides += ["auto_resume.enabled=True", "knn_eval.enabled=False", f"checkpoint.dir={tmp_path / 'ckpt'}"]
+    first = run_pretrain(compose(SCRIPTS / "pretrain" / "fashion-mnist", "ibot.yaml", overrides))
+    assert first.global_step == 1 and "trained nothing" not in capfd.readouterr().err
+    again = run_pretrain(compose(SCRIPTS / "pretrain" / "fashion-mnist", "ibot.yaml", overrides))
+    assert again.global_step == 1  # solo-learn's auto-resume picked up the finished run
+    assert "WARNING: this run trained nothing" in capfd.readouterr().err

@@ -195,3 +195,11 @@ def test_ibot_nonfinite_loss_stops_naming_the_term(monkeypatch):
     cfg = ibot_cfg("resnet18")
     with pytest.raises(NonFiniteLossError, match=r"non-finite iBOT loss at step 0: the \[CLS\] loss is nan"):
         fast_dev_fit(IBOT(cfg), cfg, [32, 32])
+
+
+def test_ibot_masks_always_hold_a_masked_patch():
+    from sop_plugin.solo.ibot_method import IBOT
+
+    model = IBOT(ibot_cfg("vit_tiny", size=32, mask_prob=0.0))  # no image masked by the draw itself
+    masks = model._draw_masks([torch.zeros(3, 3, 32, 32)] * 2, batch_idx=0)
+    assert int(sum(m.sum() for m in masks)) == 1 and bool(masks[0][0, 0])
