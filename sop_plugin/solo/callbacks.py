@@ -115,10 +115,14 @@ class CleanKNN(Callback):
 
 
 class NothingTrained(Callback):
-    """Warns on stderr when ``fit`` ends without an optimisation step of its own."""
+    """Warns on stderr when ``fit`` ends without an optimisation step of its own (``trained_nothing``:
+    the launchers then exit non-zero)."""
+
+    trained_nothing = False
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         self.first_step = None
+        self.trained_nothing = False
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self.first_step = trainer.global_step
@@ -127,6 +131,7 @@ class NothingTrained(Callback):
         if self.first_step is None or trainer.global_step <= self.first_step:
             import sys
 
+            self.trained_nothing = True
             print(
                 f"WARNING: this run trained nothing (global step {trainer.global_step} at start and end): "
                 "a resumed checkpoint had already reached max_epochs. With auto_resume.enabled=True, solo-learn "

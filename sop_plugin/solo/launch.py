@@ -519,16 +519,22 @@ def interrupted_message(prog: str, stop: Interrupted, argv: list[str]) -> str:
     )
 
 
+#: exit status of a launch that ended without a single optimisation step (e.g. auto-resumed a finished run)
+EXIT_NOTHING_TRAINED = 4
+
+
 def _run_cli(prog: str, run: Callable[[DictConfig, SignalCatcher], Any], cfg: DictConfig) -> None:
     """``run(cfg, catcher)`` under SIGTERM/SIGINT handling: message and exit status 128 + signal."""
     with SignalCatcher(prog=prog) as catcher:
         try:
             catcher.set_immediate("setup")  # until the Trainer sets up: nothing to save yet
-            run(cfg, catcher)
+            trainer = run(cfg, catcher)
         except Interrupted as stop:
             if int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
                 print(interrupted_message(prog, stop, sys.argv), file=sys.stderr, flush=True)
             sys.exit(stop.exit_code)
+    if any(getattr(cb, "trained_nothing", False) for cb in getattr(trainer, "callbacks", [])):
+        sys.exit(EXIT_NOTHING_TRAINED)  # the warning above says why; a run that trained nothing is no success
 
 
 @hydra.main(version_base="1.2", config_path=None, config_name=None)

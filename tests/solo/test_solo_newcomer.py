@@ -75,10 +75,26 @@ def test_a_run_that_trains_nothing_says_so(capsys):
     cb = NothingTrained()
     cb.on_fit_start(_Trainer(), None)  # resumed at max_epochs: Lightning skips on_train_start
     cb.on_fit_end(_Trainer(), None)
-    assert "this run trained nothing" in capsys.readouterr().err
+    assert "this run trained nothing" in capsys.readouterr().err and cb.trained_nothing
     cb.on_fit_start(_Trainer(), None)
     cb.on_train_start(_Trainer(), None)
     trained = _Trainer()
     trained.global_step = 20
     cb.on_fit_end(trained, None)
-    assert capsys.readouterr().err == ""
+    assert capsys.readouterr().err == "" and not cb.trained_nothing
+
+
+def test_a_launch_that_trains_nothing_exits_non_zero() -> None:
+    from sop_plugin.solo.launch import EXIT_NOTHING_TRAINED, _run_cli
+
+    cb = NothingTrained()
+    cb.trained_nothing = True
+
+    class _Trainer:
+        callbacks = [cb]
+
+    with pytest.raises(SystemExit) as exit_info:
+        _run_cli("sop-solo-pretrain", lambda cfg, catcher: _Trainer(), None)  # type: ignore[arg-type]
+    assert exit_info.value.code == EXIT_NOTHING_TRAINED != 0
+    cb.trained_nothing = False
+    _run_cli("sop-solo-pretrain", lambda cfg, catcher: _Trainer(), None)  # type: ignore[arg-type]  # trained: returns
