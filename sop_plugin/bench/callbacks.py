@@ -1,8 +1,9 @@
-"""Lightning callbacks of the benchmark: per-epoch kNN monitor, step timer, last checkpoint, CSV log."""
+"""Lightning callbacks of the benchmark: per-epoch kNN and collapse monitors, step timer, last checkpoint, CSV log."""
 
 from __future__ import annotations
 
 import csv
+import math
 import os
 import statistics
 import time
@@ -15,6 +16,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from sop_plugin.bench.collapse import measure_module
 from sop_plugin.bench.evaluation import knn_top1
 
 
@@ -62,6 +64,57 @@ class KNNMonitor(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.curve = [tuple(p) for p in state_dict.get("curve", [])]  # type: ignore[misc]
+
+
+class CollapseMonitor(L.Callback):
+    """Collapse diagnostics (:func:`sop_plugin.bench.collapse.measure_module`) of the teacher on a fixed
+    probe set: before training (epoch 0), after every epoch (``every_epoch``) and at the end of training.
+
+    Each measurement is logged as ``collapse/<stat>`` (with ``epoch``) and kept in ``history``
+    (``{"epoch", "step", "seconds", <stat>: value or None}``), which travels in checkpoints so a
+    resumed run reports the whole curve. Rank 0 only, like :class:`KNNMonitor`.
+    """
+
+    def __init__(self, images: torch.Tensor, k: int = 8, seed: int = 0, every_epoch: bool = True) -> None:
+        self.images, self.k, self.seed, self.every_epoch = images, k, seed, every_epoch
+        self.history: list[dict[str, float | None]] = []
+
+    def _measure(self, trainer: L.Trainer, module: Any, epoch: float) -> None:
+        if not trainer.is_global_zero:
+            return
+        step = int(trainer.global_step)
+        t0 = time.perf_counter()
+        stats = measure_module(module, self.images, step, k=self.k, seed=self.seed)
+        entry: dict[str, float | None] = {"epoch": epoch, "step": float(step), "seconds": time.perf_counter() - t0}
+        entry.update({key: (v if math.isfinite(v) else None) for key, v in stats.items()})
+        # a measurement replaces those of the same or later epochs (an epoch redone after a resume)
+        self.history = [h for h in self.history if float(h["epoch"] or 0.0) < epoch] + [entry]
+        if trainer.logger is not None:
+            logged = {
+                f"collapse/{key}": v for key, v in entry.items() if key not in ("epoch", "step") and v is not None
+            }
+            trainer.logger.log_metrics({**logged, "epoch": epoch}, step=step)
+
+    def on_train_start(self, trainer: L.Trainer, module: Any) -> None:
+        if not self.history:  # not again after a resume
+            self._measure(trainer, module, 0.0)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: Any) -> None:
+        if self.every_epoch:
+            self._measure(trainer, module, float(trainer.current_epoch + 1))
+
+    def on_train_end(self, trainer: L.Trainer, module: Any) -> None:
+        if self.history and self.history[-1]["step"] == float(trainer.global_step):
+            return  # the last epoch's measurement is the final one
+        per_epoch = max(1, int(trainer.num_training_batches)) if math.isfinite(trainer.num_training_batches) else 0
+        epoch = round(trainer.global_step / per_epoch, 3) if per_epoch else float(trainer.current_epoch)
+        self._measure(trainer, module, float(epoch))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [dict(h) for h in self.history]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = [dict(h) for h in state_dict.get("history", [])]
 
 
 class StepTimer(L.Callback):

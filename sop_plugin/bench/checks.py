@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sop_plugin.bench.objectives import OBJECTIVES
+from sop_plugin.bench.objectives import HOST_KEYS, OBJECTIVES
 from sop_plugin.bench.resume import resolve_resume
 from sop_plugin.core import SOPConfig
 from sop_plugin.data import DATASETS, MultiCropAugment
@@ -55,20 +55,24 @@ def check_config(cfg: dict[str, Any]) -> None:
     _check_train(cfg)
     if "sop" in cfg["methods"]:
         try:
-            SOPConfig.from_mapping(cfg["sop"]).validate(cfg["train"]["batch_size"] * world_size(cfg["trainer"]))
+            SOPConfig.from_mapping(cfg["sop"], extra=HOST_KEYS).validate(
+                cfg["train"]["batch_size"] * world_size(cfg["trainer"])
+            )
         except ValueError as err:
             raise ConfigError(f"sop: {err} (settings under sop.*)") from err
 
 
 def _check_augmentation(cfg: dict[str, Any]) -> None:
-    crops, mk = cfg["crops"], cfg["masks"]
+    crops = cfg["crops"]
     grid = crops["global_size"] // cfg["model"]["patch_size"]
-    try:
-        BlockMaskGenerator(
-            (grid, grid), mask_prob=mk["prob"], ratio=tuple(mk["ratio"]), min_block=mk.get("min_block", 4)
-        )
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"masks: {err}: fix masks.prob / masks.ratio") from err
+    sections = {"masks": cfg["masks"], **{f"{m}.masks": cfg[m]["masks"] for m in cfg["methods"] if cfg[m].get("masks")}}
+    for name, mk in sections.items():
+        try:
+            BlockMaskGenerator(
+                (grid, grid), mask_prob=mk["prob"], ratio=tuple(mk["ratio"]), min_block=mk.get("min_block", 4)
+            )
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{name}: {err}: fix {name}.prob / {name}.ratio") from err
     try:
         MultiCropAugment(
             global_size=crops["global_size"],

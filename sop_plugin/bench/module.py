@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import copy
 import math
+import warnings
 from typing import Any
 
 import lightning as L
@@ -19,6 +19,14 @@ from sop_plugin.core import NULL_TIMER, PhaseTimer, cosine_schedule, mix_seed, r
 from sop_plugin.data.augment import EvalTransform, MultiCropAugment
 from sop_plugin.runtime import NonFiniteGuard
 from sop_plugin.runtime.masking import BlockMaskGenerator
+
+# the teacher is in eval mode on purpose (deterministic: no drop path); Lightning >= 2.4 warns about it
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+
+
+def method_masks(cfg: dict[str, Any], method: str) -> dict[str, Any]:
+    """The block-mask settings of ``method``: its own ``<method>.masks`` (its authors'), else the shared ``masks``."""
+    return cfg[method].get("masks") or cfg["masks"]
 
 
 class BenchModule(L.LightningModule):
@@ -54,18 +62,17 @@ class BenchModule(L.LightningModule):
         self.method = method
         self.total_steps = max(1, total_steps)
         m, crops = cfg["model"], cfg["crops"]
-        vit = build_vit(
-            crops["global_size"],
-            m["patch_size"],
-            m["embed_dim"],
-            m["depth"],
-            m["num_heads"],
-            in_chans=in_chans,
-            drop_path_rate=m.get("drop_path_rate", 0.0),
-        )
-        self.student = MaskedEncoder(vit)
-        self.teacher = copy.deepcopy(self.student).requires_grad_(False)
-        self.objective = build_objective(method, self.student.embed_dim, cfg[method])
+
+        def vit(drop_path_rate: float) -> MaskedEncoder:
+            shape = (crops["global_size"], m["patch_size"], m["embed_dim"], m["depth"], m["num_heads"])
+            return MaskedEncoder(build_vit(*shape, in_chans=in_chans, drop_path_rate=drop_path_rate))
+
+        # drop path on the student only; the teacher is deterministic (no drop path, always in eval mode)
+        self.student = vit(float(m.get("drop_path_rate", 0.0)))
+        self.teacher = vit(0.0)
+        self.teacher.load_state_dict(self.student.state_dict())
+        self.teacher.requires_grad_(False).eval()
+        self.objective = build_objective(method, self.student.embed_dim, cfg[method], self.total_steps)
         self.augment = MultiCropAugment(
             global_size=crops["global_size"],
             local_size=crops["local_size"],
@@ -78,10 +85,13 @@ class BenchModule(L.LightningModule):
         )
         self.eval_transform = EvalTransform(crops["global_size"], mean=mean, std=std)
         grid = crops["global_size"] // m["patch_size"]
-        mk = cfg["masks"]
-        self.mask_gen = BlockMaskGenerator(
+        mk = method_masks(cfg, method) if self.objective.uses_masks else None
+        self.mask_gen = None if mk is None else BlockMaskGenerator(
             (grid, grid), mask_prob=mk["prob"], ratio=tuple(mk["ratio"]), min_block=mk.get("min_block", 4)
-        )
+        )  # fmt: skip
+        #: the optimiser settings: shared ``optim`` with this method's ``<method>.optim`` (tuned values) on top
+        own = {k: v for k, v in (cfg[method].get("optim") or {}).items() if v is not None}
+        self.optim_cfg: dict[str, Any] = {**cfg["optim"], **own}
         self.seed = int(cfg.get("seed", 0))
         t = cfg.get("train", {})
         self.rng_chunk: int | None = t.get("rng_chunk")
@@ -115,7 +125,7 @@ class BenchModule(L.LightningModule):
         for part, gen in self._chunk_generators(step, images.shape[0]):
             chunk = images[part]
             views_parts.append(self.augment(chunk, gen))
-            if self.objective.uses_masks:
+            if self.mask_gen is not None:
                 mask_parts.append(self.mask_gen(2 * chunk.shape[0], gen).view(2, chunk.shape[0], -1))
         views = views_parts[0] if len(views_parts) == 1 else [torch.cat(v) for v in zip(*views_parts)]
         masks = None if not mask_parts else mask_parts[0] if len(mask_parts) == 1 else torch.cat(mask_parts, dim=1)
@@ -133,6 +143,14 @@ class BenchModule(L.LightningModule):
         """(epoch being trained, batches of it already trained), for :class:`GlobalBatchSampler`."""
         epoch = int(self.current_epoch)
         return epoch, self.batches_done(epoch)
+
+    def train(self, mode: bool = True) -> BenchModule:
+        """Lightning's train mode for the student side; the teacher (backbone and heads) stays in eval mode."""
+        super().train(mode)
+        self.teacher.eval()
+        for _, teacher in self.objective.momentum_pairs():
+            teacher.eval()
+        return self
 
     # ------------------------------------------------------------------ forward passes
     def _encode(self, enc: MaskedEncoder, views: list[Tensor], masks: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -193,8 +211,30 @@ class BenchModule(L.LightningModule):
         ckpt = getattr(self._trainer.checkpoint_callback, "last_model_path", None) if self._trainer else None
         return checkpoint_hint(ckpt, self._last_ckpt_step)
 
+    def on_after_backward(self) -> None:
+        self.objective.after_backward(int(self.global_step))
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Drop the gradients of a skipped step, clip each parameter's gradient norm, set this step's weight decay."""
         self.nonfinite.drop_gradients(optimizer)
+        clip = float(self.optim_cfg.get("clip_grad", 0.0))
+        for group in optimizer.param_groups:
+            if clip > 0:
+                for param in group["params"]:
+                    if param.grad is not None:
+                        torch.nn.utils.clip_grad_norm_(param, clip)
+            if group.get("decay_schedule"):
+                group["weight_decay"] = self.weight_decay(int(self.global_step))
+
+    def weight_decay(self, step: int) -> float:
+        """Weight decay of the matrices at ``step``: cosine from ``optim.weight_decay`` to ``optim.weight_decay_end``."""
+        o = self.optim_cfg
+        return cosine_schedule(step, self.total_steps, o["weight_decay"], o.get("weight_decay_end", o["weight_decay"]))
+
+    def learning_rate(self) -> float:
+        """Peak learning rate: ``optim.base_lr`` x global batch / 256 (the linear scaling rule of all three authors)."""
+        world = self.trainer.world_size if self._trainer is not None else 1
+        return float(self.optim_cfg["base_lr"]) * self.cfg["train"]["batch_size"] * world / 256
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         """The optimiser step, then the EMA of the teacher (inside the step, so checkpoints include it)."""
@@ -225,29 +265,30 @@ class BenchModule(L.LightningModule):
     @torch.no_grad()
     def features(self, images_uint8: Tensor, batch_size: int = 1024) -> Tensor:
         """Teacher backbone [CLS] features (before the head) of uint8 images, float32 on CPU."""
-        was_training = self.teacher.training
-        self.teacher.eval()
         out = []
         for i in range(0, images_uint8.shape[0], batch_size):
             x = self.eval_transform(images_uint8[i : i + batch_size]).to(self.device)
             out.append(self.teacher(x)[0].float().cpu())
-        self.teacher.train(was_training)
         return torch.cat(out)
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:
-        o = self.cfg["optim"]
+        o = self.optim_cfg
         params = [p for p in list(self.student.parameters()) + list(self.objective.parameters()) if p.requires_grad]
         decay = [p for p in params if p.ndim > 1]
         no_decay = [p for p in params if p.ndim <= 1]
+        lr = self.learning_rate()
         opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": o["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=o["lr"],
+            [
+                {"params": decay, "weight_decay": self.weight_decay(0), "decay_schedule": True},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=lr,
             betas=(0.9, 0.999),
             eps=float(o.get("eps", 1e-8)),
         )
         warmup = int(math.ceil(o["warmup_fraction"] * self.total_steps))
-        final = o["min_lr"] / o["lr"]
+        final = o["min_lr"] / lr
 
         def factor(step: int) -> float:
             return warmup_cosine(step, self.total_steps, warmup, 1.0, final)

@@ -7,6 +7,7 @@ schedule), so the objective is the only thing that differs between runs.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -19,10 +20,13 @@ from sop_plugin.core import (
     SOPConfig,
     SOPHead,
     SOPObjective,
+    assign,
     build_sops,
     gather_across_ranks,
+    get_retrieval,
     linear_warmup,
     rank_and_world,
+    sample_anchors,
 )
 
 
@@ -47,6 +51,17 @@ class BenchObjective(nn.Module):
     def observe_batch(self, image_ids: Tensor) -> None:
         """Called with the dataset indices of the batch before ``forward`` (default: ignored)."""
 
+    def after_backward(self, step: int) -> None:
+        """Called after every backward pass, before clipping and the optimiser step (default: nothing)."""
+
+    def teacher_embedding(self, cls: Tensor) -> Tensor:
+        """The teacher head's L2-normalised embedding of backbone [CLS] tokens [B, D] -> [B, d] (diagnostics)."""
+        raise NotImplementedError
+
+    def teacher_distribution(self, cls: Tensor, step: int) -> Tensor:
+        """The teacher's probabilities [B, K] for [CLS] tokens [B, D], as its loss sees them at ``step``."""
+        raise NotImplementedError
+
     def forward(
         self,
         s_cls: Tensor,
@@ -69,6 +84,15 @@ def _teacher_of(student: nn.Module, factory: Callable[[], nn.Module]) -> nn.Modu
     return teacher.requires_grad_(False)
 
 
+#: keys of a method's section that belong to the benchmark, not to the objective (its masks, optimiser overrides)
+HOST_KEYS = ("masks", "optim")
+
+
+def _bottleneck(head: nn.Module, x: Tensor) -> Tensor:
+    """The L2-normalised bottleneck of lightly's ``DINOProjectionHead`` (what its prototype layer sees)."""
+    return nn.functional.normalize(head.layers(x), dim=-1)
+
+
 def _head_rows(head: nn.Module, cls: Tensor, *rows: Tensor) -> tuple[Tensor, ...]:
     """``head`` on [CLS] tokens [V, B, D] and extra token rows [n_i, D] in one call (fewer, larger GEMMs)."""
     flat = cls.reshape(-1, cls.shape[-1])
@@ -81,9 +105,9 @@ class SOPBench(BenchObjective):
 
     uses_masks = True
 
-    def __init__(self, embed_dim: int, cfg: dict[str, Any]) -> None:
+    def __init__(self, embed_dim: int, cfg: dict[str, Any], total_steps: int = 1) -> None:
         super().__init__()
-        sop_cfg = SOPConfig.from_mapping(cfg)
+        sop_cfg = SOPConfig.from_mapping(cfg, extra=HOST_KEYS)
 
         def make() -> nn.Module:
             return SOPHead(embed_dim, sop_cfg.head_hidden_dim, sop_cfg.dim, sop_cfg.head_num_layers)
@@ -132,6 +156,21 @@ class SOPBench(BenchObjective):
         ids = self.class_ids[rows]
         return ids[:, 0], ids[:, 1:], sops.weights.view(p, k + 1)[:, 1:]
 
+    @torch.no_grad()
+    def teacher_embedding(self, cls: Tensor) -> Tensor:  # noqa: D102
+        return self.teacher_head(cls)
+
+    @torch.no_grad()
+    def teacher_distribution(self, cls: Tensor, step: int) -> Tensor:
+        """Assignment to one SOP set of all P anchors drawn as training draws at ``step`` (no halving).
+
+        The exact ``torch`` search, never ``auto``'s collectives: the diagnostics run on rank 0 alone.
+        """
+        c, bank = self.objective.cfg, self.objective.class_memory.bank
+        anchors = sample_anchors(bank.shape[0], c.class_num_anchors, 1, self.objective.generator(step, 0), bank.device)
+        sets = build_sops(bank, anchors[0], c.class_num_supports, c.smoothing, get_retrieval("torch"))
+        return assign(self.teacher_head(cls).float(), sets, self.objective.teacher_temperature(step))
+
     def forward(self, s_cls, s_patch, t_cls, t_patch, masks, step):  # noqa: D102
         s_pz = t_pz = mem_pz = None
         if s_patch is not None and t_patch is not None and masks is not None:
@@ -141,7 +180,10 @@ class SOPBench(BenchObjective):
             dim = s_patch.shape[-1]
             s_z, s_pz = _head_rows(self.student_head, s_cls, s_patch.reshape(-1, dim)[masked])
             t_z, t_pz, mem_pz = _head_rows(
-                self.teacher_head, t_cls, t_patch.reshape(-1, dim)[masked], t_patch[0].reshape(-1, dim)[memory]
+                self.teacher_head,
+                t_cls,
+                t_patch.reshape(-1, dim)[masked],
+                t_patch[self.objective.cfg.memory_view].reshape(-1, dim)[memory],
             )
         else:
             s_z, t_z = self.student_head(s_cls), self.teacher_head(t_cls)
@@ -156,12 +198,21 @@ class SOPBench(BenchObjective):
 
 
 class _PrototypeBench(BenchObjective):
-    """Shared pieces of DINO and iBOT: lightly's DINO head and loss, temperature warm-up."""
+    """Shared pieces of DINO and iBOT: lightly's DINO head and loss, temperature warm-up, last-layer freeze.
 
-    def __init__(self, embed_dim: int, cfg: dict[str, Any]) -> None:
+    ``head.freeze_last_layer_fraction`` of the run keeps the prototype layer fixed (the authors: the first
+    of 100+ epochs), through lightly's ``cancel_last_layer_gradients`` counted in steps.
+    ``koleo_weight`` > 0 adds lightly's KoLeo on the student's normalised bottleneck of the global views
+    (DINOv2's regulariser; SOP offers the same on its embedding).
+    """
+
+    def __init__(self, embed_dim: int, cfg: dict[str, Any], total_steps: int = 1) -> None:
         super().__init__()
         head = cfg["head"]
         self.temps = cfg["temps"]
+        self.koleo_weight = float(cfg.get("koleo_weight", 0.0))
+        self.koleo = KoLeoLoss()
+        freeze = math.ceil(float(head.get("freeze_last_layer_fraction", 0.0)) * total_steps)
 
         def make() -> nn.Module:
             return DINOProjectionHead(
@@ -169,7 +220,8 @@ class _PrototypeBench(BenchObjective):
                 head["hidden_dim"],
                 head["bottleneck_dim"],
                 head["out_dim"],
-                freeze_last_layer=head.get("freeze_last_layer", -1),
+                freeze_last_layer=freeze,
+                norm_last_layer=bool(head.get("norm_last_layer", True)),
             )
 
         self.student_head = make()
@@ -180,22 +232,43 @@ class _PrototypeBench(BenchObjective):
             center_momentum=cfg.get("center_momentum", 0.9),
         )
 
+    def after_backward(self, step: int) -> None:  # noqa: D102
+        self.student_head.cancel_last_layer_gradients(step)
+
     def teacher_temp(self, step: int) -> float:
         t = self.temps
         return linear_warmup(step, t["warmup_steps"], t["warmup_teacher"], t["teacher"])
 
-    def _cls_loss(self, s_cls: Tensor, t_cls: Tensor, step: int) -> Tensor:
-        s_out = self.student_head(s_cls)
+    @torch.no_grad()
+    def teacher_embedding(self, cls: Tensor) -> Tensor:  # noqa: D102
+        return _bottleneck(self.teacher_head, cls)
+
+    @torch.no_grad()
+    def teacher_distribution(self, cls: Tensor, step: int) -> Tensor:  # noqa: D102
+        logits = self.teacher_head(cls) - self.cls_loss.center.reshape(1, -1)
+        return (logits / self.teacher_temp(step)).softmax(dim=-1)
+
+    def _cls_loss(self, s_cls: Tensor, t_cls: Tensor, step: int) -> tuple[Tensor, Tensor]:
+        """DINO's [CLS] loss and the KoLeo term (zero unless ``koleo_weight`` > 0)."""
+        z = _bottleneck(self.student_head, s_cls)
+        s_out = self.student_head.last_layer(z)
         t_out = self.teacher_head(t_cls)
-        return self.cls_loss(list(t_out), list(s_out), teacher_temp=self.teacher_temp(step))
+        loss = self.cls_loss(list(t_out), list(s_out), teacher_temp=self.teacher_temp(step))
+        koleo = loss.new_zeros(())
+        if self.koleo_weight > 0:
+            koleo = torch.stack([self.koleo(z[i].float()) for i in range(t_cls.shape[0])]).mean()
+        return loss, koleo
 
 
 class DINOBench(_PrototypeBench):
     """DINO: [CLS] only, learnable prototypes, centering (lightly ``DINOLoss``)."""
 
     def forward(self, s_cls, s_patch, t_cls, t_patch, masks, step):  # noqa: D102
-        loss = self._cls_loss(s_cls, t_cls, step)
-        return loss, {"loss_cls": float(loss.detach()), "teacher_temp": self.teacher_temp(step)}
+        cls_loss, koleo = self._cls_loss(s_cls, t_cls, step)
+        logs = {"loss_cls": float(cls_loss.detach()), "teacher_temp": self.teacher_temp(step)}
+        if self.koleo_weight > 0:
+            logs["loss_koleo"] = float(koleo.detach())
+        return cls_loss + self.koleo_weight * koleo, logs
 
 
 class IBOTBench(_PrototypeBench):
@@ -203,8 +276,8 @@ class IBOTBench(_PrototypeBench):
 
     uses_masks = True
 
-    def __init__(self, embed_dim: int, cfg: dict[str, Any]) -> None:
-        super().__init__(embed_dim, cfg)
+    def __init__(self, embed_dim: int, cfg: dict[str, Any], total_steps: int = 1) -> None:
+        super().__init__(embed_dim, cfg, total_steps)
         self.patch_loss = IBOTPatchLoss(
             output_dim=cfg["head"]["out_dim"],
             student_temp=self.temps["student"],
@@ -213,7 +286,7 @@ class IBOTBench(_PrototypeBench):
         self.mim_weight = float(cfg.get("mim_weight", 1.0))
 
     def forward(self, s_cls, s_patch, t_cls, t_patch, masks, step):  # noqa: D102
-        cls_loss = self._cls_loss(s_cls, t_cls, step)
+        cls_loss, koleo = self._cls_loss(s_cls, t_cls, step)
         assert s_patch is not None and t_patch is not None and masks is not None
         g, b, n, d = s_patch.shape
         m = masks.reshape(g * b, n)
@@ -226,24 +299,27 @@ class IBOTBench(_PrototypeBench):
             patch_loss = self.patch_loss(t_out, s_out, grid_mask, teacher_temp=self.teacher_temp(step))
         else:
             patch_loss = s_out.sum() * 0.0
-        loss = cls_loss + self.mim_weight * patch_loss
-        return loss, {
+        loss = cls_loss + self.mim_weight * patch_loss + self.koleo_weight * koleo
+        logs = {
             "loss_cls": float(cls_loss.detach()),
             "loss_mim": float(patch_loss.detach()),
             "teacher_temp": self.teacher_temp(step),
         }
+        if self.koleo_weight > 0:
+            logs["loss_koleo"] = float(koleo.detach())
+        return loss, logs
 
 
-#: name -> factory(embed_dim, method_cfg)
-OBJECTIVES: dict[str, Callable[[int, dict[str, Any]], BenchObjective]] = {
+#: name -> factory(embed_dim, method_cfg, total_steps)
+OBJECTIVES: dict[str, Callable[[int, dict[str, Any], int], BenchObjective]] = {
     "sop": SOPBench,
     "dino": DINOBench,
     "ibot": IBOTBench,
 }
 
 
-def build_objective(name: str, embed_dim: int, cfg: dict[str, Any]) -> BenchObjective:
-    """Instantiate the objective ``name`` from :data:`OBJECTIVES`."""
+def build_objective(name: str, embed_dim: int, cfg: dict[str, Any], total_steps: int = 1) -> BenchObjective:
+    """Instantiate the objective ``name`` from :data:`OBJECTIVES` (``total_steps`` sizes step-based schedules)."""
     if name not in OBJECTIVES:
         raise ValueError(f"unknown method {name!r} in `methods`; choose from {sorted(OBJECTIVES)}")
-    return OBJECTIVES[name](embed_dim, cfg)
+    return OBJECTIVES[name](embed_dim, cfg, total_steps)

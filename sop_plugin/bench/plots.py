@@ -1,4 +1,4 @@
-"""PNG plots for the benchmark report: learning curves, metric bars, SOP grids, embedding maps.
+"""PNG plots for the benchmark report: learning curves, collapse curves, metric bars, SOP grids, embedding maps.
 
 Figures are built with ``matplotlib.figure.Figure`` and the Agg canvas
 directly, never through pyplot, so no display or global backend is touched
@@ -17,6 +17,8 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
+
+from sop_plugin.bench.collapse import STAT_LABELS, stat_label
 
 ANCHOR_FRAME_COLOR = "tab:red"
 
@@ -49,6 +51,52 @@ def plot_learning_curves(
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
+    return _save(fig, path)
+
+
+def plot_collapse(
+    histories: Mapping[str, Sequence[Mapping[str, float | None]]], path: str | Path, k: int = 8, cols: int = 4
+) -> Path:
+    """Collapse diagnostics over training: one panel per statistic, one line per method.
+
+    ``histories``: method -> its measurements (``{"epoch", <stat>: value or None}``, as
+    :class:`~sop_plugin.bench.callbacks.CollapseMonitor` records them); a panel per statistic that
+    some method has (SOP's class-memory and SE panels hold SOP alone).
+    """
+    present = {key for hist in histories.values() for h in hist for key, v in h.items() if v is not None}
+    stats = [key for key in STAT_LABELS if key in present]
+    if not stats:
+        raise ValueError("no collapse statistics to plot")
+    rows = -(-len(stats) // cols)
+    fig = Figure(figsize=(3.2 * min(cols, len(stats)), 2.5 * rows + 0.5))
+    axes = fig.subplots(rows, min(cols, len(stats)), squeeze=False)
+    for ax, key in zip(axes.flat, stats):
+        for i, (method, hist) in enumerate(histories.items()):
+            pts = [
+                (float(h["epoch"]), float(v))
+                for h in hist
+                if (v := h.get(key)) is not None and h.get("epoch") is not None
+            ]
+            if pts:
+                xs, ys = zip(*pts, strict=True)
+                ax.plot(xs, ys, marker="o", markersize=3, label=method, color=f"C{i}")
+        ax.set_title(stat_label(key, k), fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.ticklabel_format(axis="y", useOffset=False)  # plain values, no "+3.56" offset
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(stats) :]:
+        ax.set_visible(False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    for ax in list(axes.flat)[1 : len(stats)]:  # a method missing from the first panel
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    if handles:
+        fig.legend(handles, labels, loc="upper right", fontsize=8)
+    fig.suptitle("Collapse diagnostics of the teacher on the probe set (epoch 0: initialisation)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 0.93, 0.96))
     return _save(fig, path)
 
 
@@ -155,7 +203,7 @@ def plot_sop_grid(
                 for spine in ax.spines.values():
                     spine.set_visible(False)
                 if sims is not None:
-                    ax.set_title(f"{float(sims[row, col - 1]):.2f}", fontsize=7)
+                    ax.set_title(f"{float(sims[row, col - 1]):.3f}", fontsize=7)
     fig.suptitle("SOPs: anchor and support embeddings", fontsize=9)
     return _save(fig, path)
 

@@ -21,6 +21,10 @@ per method ``finetune_top1``, ``seg_miou``, ``seg_pixel_acc`` (numbers) and ``fe
 (``{"1pct": number, "10pct": number}``); top-level ``controls`` (``{"random_init": {the same
 keys}, "raw_pixels": {"seg_miou", "seg_pixel_acc"}}``) and ``embedding_map``
 (``{"file", "backend", "points", "panels"}``).
+
+Optional per method, checked when present: ``collapse`` (the collapse diagnostics,
+docs/evaluation.md): ``{"probe_images": int, "knn_k": int, "final": {stat: number | None},
+"history": [{"epoch": number, stat: number | None, ...}, ...]}``.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from sop_plugin.bench.collapse import STAT_LABELS, stat_label
 
 METRICS: tuple[str, ...] = (
     "knn_top1",
@@ -121,12 +127,73 @@ def validate_results(d: Any) -> None:
                 kind = "int" if key == "epochs" else "number"
                 raise ValueError(f"results['methods'][{name!r}][{key!r}] must be {kind}, got {value!r}")
         _check_suite(f"results['methods'][{name!r}]", metrics)
+        _check_collapse(f"results['methods'][{name!r}]['collapse']", metrics.get("collapse"))
     controls = d.get("controls")
     if controls is not None:
         if not isinstance(controls, Mapping) or not all(isinstance(c, Mapping) for c in controls.values()):
             raise ValueError("results['controls'] must be a dict of control -> metrics")
         for name, metrics in controls.items():
             _check_suite(f"results['controls'][{name!r}]", metrics)
+
+
+def _check_collapse(where: str, collapse: Any) -> None:
+    """The optional ``collapse`` record: ``final`` and every ``history`` entry map statistics to numbers or None."""
+    if collapse is None:
+        return
+    if not isinstance(collapse, Mapping):
+        raise ValueError(f"{where} must be a dict, got {collapse!r}")
+    final, history = collapse.get("final"), collapse.get("history")
+    if not isinstance(final, Mapping):
+        raise ValueError(f"{where}['final'] must map statistics to numbers or None, got {final!r}")
+    if not isinstance(history, list) or not all(isinstance(h, Mapping) for h in history):
+        raise ValueError(f"{where}['history'] must be a list of measurements, got {history!r}")
+    for i, entry in enumerate([final, *history]):
+        place = f"{where}['final']" if i == 0 else f"{where}['history'][{i - 1}]"
+        if i and not _is_number(entry.get("epoch")):
+            raise ValueError(f"{place}['epoch'] must be a number, got {entry.get('epoch')!r}")
+        for key, value in entry.items():
+            if value is not None and not _is_number(value):
+                raise ValueError(f"{place}[{key!r}] must be a number or None, got {value!r}")
+
+
+def _collapse_table(results: Mapping[str, Any]) -> list[str]:
+    """Collapse diagnostics at initialisation and at the end, per method; [] when none were measured."""
+    records = {m: r["collapse"] for m, r in results["methods"].items() if isinstance(r.get("collapse"), Mapping)}
+    if not records:
+        return []
+    present = {k for c in records.values() for h in [c["final"], *c["history"]] for k, v in h.items() if v is not None}
+    keys = [k for k in STAT_LABELS if k in present]
+    first = next(iter(records.values()))
+    k_nn, probe = int(first.get("knn_k", 8)), first.get("probe_images")
+
+    def cell(key: str, value: Any) -> str:
+        if not _is_number(value):
+            return "n/a"
+        return f"{value:.1f}" if key.endswith("erank") else f"{value:.3f}"
+
+    lines = [
+        "## Collapse diagnostics",
+        "",
+        f'Teacher on a fixed probe set of {probe} training images (docs/evaluation.md, "Collapse diagnostics"): '
+        "effective rank, mean pairwise cosine and mean cosine to the nearest rows of the L2-normalised head "
+        "outputs (DINO/iBOT: the bottleneck before the prototypes), backbone [CLS] features and, for SOP, "
+        "the filled class-memory rows; the teacher's distribution (max-probability, entropy / log K); SOP's "
+        "mean SE-to-anchor cosine. Epoch 0: initialisation.",
+        "",
+        "| method | epoch | " + " | ".join(stat_label(k, k_nn) for k in keys) + " |",
+        "|---|---:|" + "---:|" * len(keys),
+    ]
+    for name, rec in records.items():
+        rows = []
+        history = rec["history"]
+        if history and history[0].get("epoch") == 0 and len(history) > 1:
+            rows.append(history[0])
+        rows.append({**(history[-1] if history else {}), **rec["final"]})
+        for row in rows:
+            epoch = row.get("epoch")
+            shown = f"{epoch:g}" if _is_number(epoch) else "final"
+            lines.append(f"| {name} | {shown} | " + " | ".join(cell(k, row.get(k)) for k in keys) + " |")
+    return [*lines, ""]
 
 
 SUITE_SCALARS: tuple[str, ...] = ("finetune_top1", "seg_miou", "seg_pixel_acc")
@@ -263,6 +330,7 @@ def write_report(results: Mapping[str, Any], path: str | Path) -> Path:
         *_table(results["methods"]),
         "",
         *_suite_table(results),
+        *_collapse_table(results),
     ]
     plots = sorted(path.parent.glob("*.png"))
     if plots:

@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
 from sop_plugin.bench.callbacks import (
+    CollapseMonitor,
     KNNMonitor,
     LastCheckpoint,
     ResumableCSVLogger,
@@ -28,12 +29,13 @@ from sop_plugin.bench.callbacks import (
     reset_peak_rss,
 )
 from sop_plugin.bench.checks import ConfigError, check_config, check_resume, world_size
+from sop_plugin.bench.collapse import summarize_history
 from sop_plugin.bench.corruptions import corrupt
 from sop_plugin.bench.evals.suite import RANDOM_INIT, SuiteContext, evaluate_backbone, evaluate_controls, write_map
 from sop_plugin.bench.evaluation import knn_top1, linear_probe, raw_pixel_features, retrieval_metrics
 from sop_plugin.bench.interruption import RunProgress, kept_results
 from sop_plugin.bench.module import BenchModule
-from sop_plugin.bench.plots import plot_learning_curves, plot_metric_bars, plot_sop_grid, plot_suite_bars
+from sop_plugin.bench.plots import plot_collapse, plot_learning_curves, plot_metric_bars, plot_sop_grid, plot_suite_bars
 from sop_plugin.bench.report import suite_rows, validate_results, write_report
 from sop_plugin.bench.sampler import GlobalBatchSampler, ResumableLoader
 from sop_plugin.data import ArrayDataset, get_dataset
@@ -71,6 +73,12 @@ def load_data(cfg: dict[str, Any]) -> tuple[ArrayDataset, ArrayDataset]:
         if type(err) is not ValueError:
             raise  # DatasetNotFoundError / DatasetCorruptError: already name data.path and the fix
         raise ConfigError(f"data ({d['name']}): {err}") from err
+    holdout = cfg["eval"].get("holdout")
+    if holdout:  # tuning: the last N training images stand in for the test set, which stays unseen
+        if not 0 < int(holdout) < len(train):
+            raise ConfigError(f"eval.holdout={holdout} must be in [1, {len(train) - 1}] (training images)")
+        test = train.subset(torch.arange(len(train) - int(holdout), len(train)))
+        train = train.subset(torch.arange(len(train) - int(holdout)))
     limit = cfg["train"].get("limit_train_images")
     if limit:
         train = train.subset(torch.arange(min(int(limit), len(train))))
@@ -124,6 +132,7 @@ class Fitted:
     curve: list[tuple[float, float]]
     seconds: float
     steps: dict[str, float]  # StepTimer.summary(): median, p90, max, sum
+    collapse: dict[str, Any] | None = field(default=None)  # collapse.summarize_history(); None: not measured
 
 
 def fit_method(
@@ -152,6 +161,11 @@ def fit_method(
         temperature=e["knn_temperature"],
         every_epoch=e["every_epoch"],
     )
+    probe_n = min(len(train), int(e.get("collapse_probe_images", 2048)))  # 0: no collapse diagnostics
+    knn_k = int(e.get("collapse_knn_k", 8))
+    collapse_cb = (
+        [CollapseMonitor(train.images[:probe_n], k=knn_k, seed=seed, every_epoch=e["every_epoch"])] if probe_n else []
+    )
     timer = StepTimer()  # keeps its times (and the training seconds) across a resume
     method_dir = out / method
     ckpt = LastCheckpoint(method_dir / "checkpoints", every_n_steps=t.get("checkpoint_every_n_steps") or 0)
@@ -160,7 +174,7 @@ def fit_method(
         max_steps=t["max_steps"] if t["max_steps"] > 0 else -1,
         default_root_dir=str(method_dir),
         logger=ResumableCSVLogger(str(out), name=method, version=""),
-        callbacks=[knn_cb, timer, ckpt, *(callbacks or [])],
+        callbacks=[knn_cb, *collapse_cb, timer, ckpt, *(callbacks or [])],
         plugins=[AtomicCheckpointIO(trust_checkpoint=bool(cfg.get("trust_checkpoint", False)))],
         enable_model_summary=False,
         use_distributed_sampler=False,
@@ -170,7 +184,8 @@ def fit_method(
     start = time.perf_counter()
     trainer.fit(module, loader, ckpt_path=str(ckpt_path) if ckpt_path else None)
     seconds = time.perf_counter() - start + timer.resumed_seconds
-    return Fitted(module, trainer, knn_cb.curve, seconds, timer.summary())
+    collapse = summarize_history(collapse_cb[0].history, probe_n, knn_k) if collapse_cb else None
+    return Fitted(module, trainer, knn_cb.curve, seconds, timer.summary(), collapse)
 
 
 def evaluate_fitted(
@@ -197,6 +212,7 @@ def evaluate_fitted(
         fitted.steps,
         int(fitted.trainer.current_epoch),
         suite,
+        fitted.collapse,
     )
 
 
@@ -212,8 +228,13 @@ def evaluate(
     steps: dict[str, float],
     epochs: int,
     suite: SuiteContext | None = None,
+    collapse: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Final evaluation of the teacher backbone's [CLS] features (and ``suite``); saves the embeddings."""
+    """Final evaluation of the teacher backbone's [CLS] features (and ``suite``); saves the embeddings.
+
+    ``collapse`` (the training's collapse diagnostics, :func:`~sop_plugin.bench.collapse.summarize_history`)
+    is stored as the method's ``collapse``.
+    """
     e = cfg["eval"]
     log.info("[%s] evaluating teacher features", method)
     train_x, test_x = module.features(train.images), module.features(test.images)
@@ -255,6 +276,7 @@ def evaluate(
         "peak_rss_mb": peak_rss_mb(),
         "epochs": epochs,
         **extra,  # finetune_top1, fewshot_top1, seg_miou, seg_pixel_acc, ... (evals/suite.py)
+        **({"collapse": collapse} if collapse is not None else {}),
     }
 
 
@@ -384,6 +406,10 @@ def _run_methods(
     validate_results(results)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     plot_learning_curves({m: r["knn_curve_subset"] for m, r in methods.items()}, floor, out / "knn_curve.png")
+    collapse = {m: r["collapse"] for m, r in methods.items() if r.get("collapse") and r["collapse"]["history"]}
+    if collapse:
+        k = next(iter(collapse.values())).get("knn_k", 8)
+        plot_collapse({m: c["history"] for m, c in collapse.items()}, out / "collapse.png", k=k)
     plot_metric_bars(
         methods, ["knn_top1", "linear_top1", "map_at_r", "recall_at_1", "corrupt_knn_top1"], out / "metrics.png"
     )

@@ -11,6 +11,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from sop_plugin.bench.collapse import STAT_LABELS, stat_label
 from sop_plugin.bench.plots import plot_learning_curves, plot_metric_bars
 from sop_plugin.bench.report import validate_results
 
@@ -35,7 +36,10 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean and std over runs of every metric, per method; also the per-run values."""
+    """Mean and std over runs of every metric, per method; also the per-run values.
+
+    The final collapse diagnostics (``collapse.final``) are summarised under ``collapse.<stat>``.
+    """
     methods = sorted({m for r in runs for m in r["methods"]})
     out: dict[str, Any] = {
         "runs": len(runs),
@@ -53,6 +57,11 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             if vals:
                 mean, std = _mean_std(vals)
                 stats[key] = {"mean": mean, "std": std, "values": vals}
+        for key in STAT_LABELS:
+            vals = [float(v) for p in per if (v := ((p.get("collapse") or {}).get("final") or {}).get(key)) is not None]
+            if vals:
+                mean, std = _mean_std(vals)
+                stats[f"collapse.{key}"] = {"mean": mean, "std": std, "values": vals}
         out["methods"][m] = stats
     return out
 
@@ -72,6 +81,7 @@ def write_summary(summary: dict[str, Any], runs: list[dict[str, Any]], out: Path
     for m, stats in summary["methods"].items():
         cells = [f"{stats[k]['mean']:.2f} ± {stats[k]['std']:.2f}" if k in stats else "n/a" for k in cols]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += _collapse_lines(summary)
     lines += [
         "",
         "Mean ± sample std over seeds; accuracies in %, kNN k=20 cosine T=0.07 on the full sets;",
@@ -94,6 +104,28 @@ def write_summary(summary: dict[str, Any], runs: list[dict[str, Any]], out: Path
         for m, s in summary["methods"].items()
     }
     plot_metric_bars(bars, list(next(iter(bars.values()))), out / "metrics.png")
+
+
+def _collapse_lines(summary: dict[str, Any]) -> list[str]:
+    """The final collapse diagnostics (mean ± std over seeds) as a markdown table; [] when none were measured."""
+    keys = [k for k in STAT_LABELS if any(f"collapse.{k}" in s for s in summary["methods"].values())]
+    if not keys:
+        return []
+    lines = [
+        "",
+        'Collapse diagnostics at the end of training (docs/evaluation.md, "Collapse diagnostics"):',
+        "",
+        "| method | " + " | ".join(stat_label(k) for k in keys) + " |",
+        "|---" * (len(keys) + 1) + "|",
+    ]
+    for m, stats in summary["methods"].items():
+        cells = []
+        for k in keys:
+            s = stats.get(f"collapse.{k}")
+            digits = 1 if k.endswith("erank") else 3
+            cells.append(f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}" if s else "n/a")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:

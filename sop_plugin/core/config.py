@@ -24,6 +24,7 @@ class SOPConfig:
     class_num_sets: int = 4
     class_num_anchors: int = 64
     class_num_supports: int = 8
+    class_anchor_keep: float = 1.0  # fraction of the drawn class anchors kept (the authors: 0.5, "random half")
     patch_num_sets: int = 1
     patch_num_anchors: int = 512
     patch_num_supports: int = 0
@@ -35,6 +36,7 @@ class SOPConfig:
     mim_weight: float = 1.0
     koleo_weight: float = 0.0
     anchor_selection: str = "uniform"
+    memory_view: int = 0  # the global view whose teacher embeddings feed the memories (the authors: 1)
     retrieval: str = "torch"
     seed: int = 0
 
@@ -104,6 +106,12 @@ class SOPConfig:
                     f"global batch {global_batch_size} exceeds {level}_memory_size={size}: "
                     f"the memory must hold at least one step of embeddings"
                 )
+        kept = round(self.class_anchor_keep * self.class_num_anchors)
+        if not 0.0 < self.class_anchor_keep <= 1.0 or kept < 2:
+            errors.append(f"class_anchor_keep={self.class_anchor_keep} must be in (0, 1] and keep >= 2 of the "
+                          f"{self.class_num_anchors} class anchors")  # fmt: skip
+        if self.memory_view not in (0, 1):
+            errors.append(f"memory_view={self.memory_view} must be 0 or 1 (one of the two global views)")
         if self.anchor_selection not in ANCHOR_SELECTORS:
             errors.append(f"anchor_selection={self.anchor_selection!r}; choose one of {sorted(ANCHOR_SELECTORS)}")
         if self.retrieval not in RETRIEVAL_BACKENDS:

@@ -22,7 +22,7 @@ from sop_plugin.core.memory import SupportMemory
 from sop_plugin.core.retrieval import Retrieval, get_retrieval, lockstep
 from sop_plugin.core.schedules import linear_warmup
 from sop_plugin.core.seeding import seeded_generator
-from sop_plugin.core.sops import SOPSet, assign, build_sop_sets
+from sop_plugin.core.sops import SOPSet, assign, build_sop_sets, keep_random_sops
 from sop_plugin.core.timing import NULL_TIMER, PhaseTimer
 
 
@@ -110,12 +110,14 @@ class SOPObjective(nn.Module):
         # one search for all T sets (set t's anchors are excluded from set t only); every rank
         # builds these sets, so retrieval="auto" may agree on rank 0's backend here
         with lockstep(self.retrieval):
-            return build_sop_sets(memory.bank, anchors, k, c.smoothing, self.retrieval, self.timer)
+            sets = build_sop_sets(memory.bank, anchors, k, c.smoothing, self.retrieval, self.timer)
+        keep = round(c.class_anchor_keep * p) if level == "class" else p
+        return sets if keep == p else keep_random_sops(sets, keep, self.generator(step, 3))
 
     def memory_patch_index(
         self, batch_size: int, num_patches: int, step: int, device: torch.device | str = "cpu"
     ) -> Tensor:
-        """Which patch of global view 0 each local image sends to the patch memory: [B] long.
+        """Which patch of global view ``memory_view`` each local image sends to the patch memory: [B] long.
 
         Drawn for the global batch from the (seed, step) generator, then this rank's slice,
         so DDP and single-process runs enqueue the same patches.
@@ -131,7 +133,7 @@ class SOPObjective(nn.Module):
             masks: [G, B, N] bool student masks.
         Returns:
             masked: [M] indices into the G*B*N tokens of the global views (masked patches);
-            memory: [B] indices into the B*N tokens of global view 0 (patch-memory rows).
+            memory: [B] indices into the B*N tokens of global view ``memory_view`` (patch-memory rows).
         """
         g, b, n = masks.shape
         masked = torch.nonzero(masks.reshape(-1)).flatten()
@@ -181,7 +183,7 @@ class SOPObjective(nn.Module):
             masked_idx, memory_idx = self.select_patches(masks, step)
             if student_patches.ndim == 4:  # dense: select here
                 if memory_patches is None:
-                    memory_patches = teacher_patches[0].reshape(b * n, d)[memory_idx]
+                    memory_patches = teacher_patches[c.memory_view].reshape(b * n, d)[memory_idx]
                 student_patches = student_patches.reshape(-1, d)[masked_idx]
                 teacher_patches = teacher_patches.reshape(-1, d)[masked_idx]
             if c.mim_weight > 0:
@@ -220,8 +222,8 @@ class SOPObjective(nn.Module):
 
     @torch.no_grad()
     def update_memories(self, teacher_cls: Tensor, memory_patches: Tensor | None = None) -> None:
-        """Enqueue global view 0's teacher [CLS] of every image and, if given, one patch row per image."""
-        self.class_memory.enqueue(teacher_cls[0].float())
+        """Enqueue view ``memory_view``'s teacher [CLS] of every image and, if given, one patch row per image."""
+        self.class_memory.enqueue(teacher_cls[self.cfg.memory_view].float())
         if memory_patches is not None:
             self.patch_memory.enqueue(memory_patches.detach().float())
 
@@ -235,6 +237,8 @@ class SOPObjective(nn.Module):
                  f"{t_cls.shape[-1]} but the SOP memories have dim={d}: set dim to the head's bottleneck dimension")
         _require(t_cls.shape[1] == s_cls.shape[1] and t_cls.shape[0] <= s_cls.shape[0],
                  "teacher_cls must have the student's batch size and at most its number of views")
+        _require(t_cls.shape[0] > self.cfg.memory_view, f"memory_view={self.cfg.memory_view} needs at least "
+                 f"{self.cfg.memory_view + 1} teacher views, got {t_cls.shape[0]}")
         if s_p is None:
             return
         _require(t_p is not None and masks is not None, "student_patches need teacher_patches and masks")

@@ -132,6 +132,24 @@ def build_sops(
     return build_sop_sets(memory, anchor_idx[None], num_supports, smoothing, retrieval)[0]
 
 
+def keep_random_sops(sets: SOPSet, keep: int, generator: torch.Generator) -> SOPSet:
+    """``keep`` of the P SOPs of each stacked set, uniformly without replacement, with their SEs.
+
+    The authors' "low_energy" rule (``sthalles/sop``, memory_bank.py) reduces to this: its weights are
+    all equal, so it keeps a uniform random half; the SEs stay those searched in the memory minus all P.
+    """
+    t, p = sets.supports.shape[0], sets.num_sops
+    if not 2 <= keep <= p:
+        raise ValueError(f"cannot keep {keep} of {p} SOPs: keep must be in [2, {p}]")
+    pos = torch.stack([torch.randperm(p, generator=generator)[:keep].sort().values for _ in range(t)])
+    pos = pos.to(sets.owner.device)
+    per = sets.num_supports + 1
+    rows = (pos[..., None] * per + torch.arange(per, device=pos.device)).reshape(t, -1)  # kept rows, grouped per SOP
+    owner = torch.arange(keep, device=pos.device).repeat_interleave(per)
+    supports = sets.supports.gather(1, rows[..., None].expand(-1, -1, sets.supports.shape[-1]))
+    return SOPSet(supports, owner, sets.weights.gather(1, rows), sets.memory_index.gather(1, rows), keep)
+
+
 def assign(z: Tensor, sops: SOPSet, temperature: float) -> Tensor:
     """Assign embeddings ``z`` [N, d] to the SOPs: [N, P] probabilities, [T, N, P] for stacked sets.
 
