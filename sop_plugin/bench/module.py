@@ -29,6 +29,38 @@ def method_masks(cfg: dict[str, Any], method: str) -> dict[str, Any]:
     return cfg[method].get("masks") or cfg["masks"]
 
 
+def recipe_summary(cfg: dict[str, Any], method: str, world: int = 1) -> dict[str, str]:
+    """What ``method`` trained with, for ``results.json`` and the report: the knobs that differ by method."""
+    own = cfg[method]
+    base_lr = (own.get("optim") or {}).get("base_lr") or cfg["optim"]["base_lr"]
+    lr = float(base_lr) * cfg["train"]["batch_size"] * world / 256
+    if method == "sop":
+        temp = (
+            f"{own['warmup_teacher_temp']:g} -> {own['teacher_temp']:g}"
+            if own["warmup_teacher_temp_steps"]
+            else f"{own['teacher_temp']:g}"
+        )
+        koleo, extra = (own["koleo_weight"], f"anchor_keep {own['anchor_keep']:g}, memory_view {own['memory_view']}")
+    else:
+        t, head = own["temps"], own["head"]
+        temp = (
+            f"{t['warmup_teacher']:g} -> {t['teacher']:g}"
+            if t["warmup_teacher"] != t["teacher"]
+            else f"{t['teacher']:g}"
+        )
+        koleo = own.get("koleo_weight", 0.0)
+        extra = (
+            f"{head['out_dim']} prototypes, norm_last_layer {head.get('norm_last_layer', True)}, "
+            f"last layer frozen {100 * float(head.get('freeze_last_layer_fraction', 0)):g} % of the run"
+        )
+    masks = (
+        "none"
+        if method == "dino"
+        else "p {prob:g}, ratio {ratio[0]:g}-{ratio[1]:g}".format(**method_masks(cfg, method))
+    )
+    return {"teacher_temp": temp, "masks": masks, "peak_lr": f"{lr:.3g}", "koleo_weight": f"{koleo:g}", "own": extra}
+
+
 class BenchModule(L.LightningModule):
     """Student/teacher ViT trained with the objective named ``method``.
 

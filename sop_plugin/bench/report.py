@@ -300,6 +300,20 @@ def _table(methods: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def _recipe_table(results: Mapping[str, Any]) -> list[str]:
+    """Which knobs each method trained with (``results["recipe"]``; absent in older results)."""
+    recipe = results.get("recipe")
+    if not recipe:
+        return []
+    lines = [f"## Recipes (`recipe={recipe['name']}`)", "",
+             "| method | teacher temp | masks | peak lr | KoLeo weight | its own knobs |", "|---|---|---|---:|---:|---|"]  # fmt: skip
+    for m, r in recipe["methods"].items():
+        lines.append(
+            f"| {m} | {r['teacher_temp']} | {r['masks']} | {r['peak_lr']} | {r['koleo_weight']} | {r['own']} |"
+        )
+    return [*lines, ""]
+
+
 def write_report(results: Mapping[str, Any], path: str | Path) -> Path:
     """Write the markdown report to ``path`` (a directory means ``path/report.md``).
 
@@ -329,6 +343,7 @@ def write_report(results: Mapping[str, Any], path: str | Path) -> Path:
         "",
         *_table(results["methods"]),
         "",
+        *_recipe_table(results),
         *_suite_table(results),
         *_collapse_table(results),
     ]

@@ -34,7 +34,7 @@ from sop_plugin.bench.corruptions import corrupt
 from sop_plugin.bench.evals.suite import RANDOM_INIT, SuiteContext, evaluate_backbone, evaluate_controls, write_map
 from sop_plugin.bench.evaluation import knn_top1, linear_probe, raw_pixel_features, retrieval_metrics
 from sop_plugin.bench.interruption import RunProgress, kept_results
-from sop_plugin.bench.module import BenchModule
+from sop_plugin.bench.module import BenchModule, recipe_summary
 from sop_plugin.bench.plots import plot_collapse, plot_learning_curves, plot_metric_bars, plot_sop_grid, plot_suite_bars
 from sop_plugin.bench.report import suite_rows, validate_results, write_report
 from sop_plugin.bench.sampler import GlobalBatchSampler, ResumableLoader
@@ -398,6 +398,10 @@ def _run_methods(
             metrics = evaluate_fitted(method, fitted, cfg, train, test, out, suite)
         progress.done(method, metrics)
     results = progress.results()
+    results["recipe"] = {
+        "name": cfg.get("recipe", "authors"),
+        "methods": {m: recipe_summary(cfg, m, world_size(cfg["trainer"])) for m in methods},
+    }
     with progress.immediate("evaluation"):
         if suite.which and suite.controls:
             results["controls"] = evaluate_controls(cfg, suite, "cuda" if torch.cuda.is_available() else "cpu")

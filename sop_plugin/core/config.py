@@ -24,7 +24,7 @@ class SOPConfig:
     class_num_sets: int = 4
     class_num_anchors: int = 64
     class_num_supports: int = 8
-    class_anchor_keep: float = 1.0  # fraction of the drawn class anchors kept (the authors: 0.5, "random half")
+    anchor_keep: float = 1.0  # fraction of the drawn anchors kept where SOPs have SEs (the authors: 0.5, "random half")
     patch_num_sets: int = 1
     patch_num_anchors: int = 512
     patch_num_supports: int = 0
@@ -106,10 +106,12 @@ class SOPConfig:
                     f"global batch {global_batch_size} exceeds {level}_memory_size={size}: "
                     f"the memory must hold at least one step of embeddings"
                 )
-        kept = round(self.class_anchor_keep * self.class_num_anchors)
-        if not 0.0 < self.class_anchor_keep <= 1.0 or kept < 2:
-            errors.append(f"class_anchor_keep={self.class_anchor_keep} must be in (0, 1] and keep >= 2 of the "
-                          f"{self.class_num_anchors} class anchors")  # fmt: skip
+        if not 0.0 < self.anchor_keep <= 1.0:
+            errors.append(f"anchor_keep={self.anchor_keep} must be in (0, 1]")
+        for level in ("class", "patch"):
+            p, k = getattr(self, f"{level}_num_anchors"), getattr(self, f"{level}_num_supports")
+            if k > 0 and round(self.anchor_keep * p) < 2:
+                errors.append(f"anchor_keep={self.anchor_keep} keeps fewer than 2 of the {p} {level} anchors: raise it")
         if self.memory_view not in (0, 1):
             errors.append(f"memory_view={self.memory_view} must be 0 or 1 (one of the two global views)")
         if self.anchor_selection not in ANCHOR_SELECTORS:

@@ -111,8 +111,8 @@ class SOPObjective(nn.Module):
         # builds these sets, so retrieval="auto" may agree on rank 0's backend here
         with lockstep(self.retrieval):
             sets = build_sop_sets(memory.bank, anchors, k, c.smoothing, self.retrieval, self.timer)
-        keep = round(c.class_anchor_keep * p) if level == "class" else p
-        return sets if keep == p else keep_random_sops(sets, keep, self.generator(step, 3))
+        keep = round(c.anchor_keep * p) if k > 0 else p  # the authors halve only SOPs with SEs
+        return sets if keep == p else keep_random_sops(sets, keep, self.generator(step, 3 + stream))
 
     def memory_patch_index(
         self, batch_size: int, num_patches: int, step: int, device: torch.device | str = "cpu"

@@ -22,7 +22,7 @@ def test_authors_recipe_is_the_default(tmp_path: Path, tiny_data: Path) -> None:
     assert cfg["recipe"] == "authors"
     sop = cfg["sop"]
     assert sop["teacher_temp"] == sop["warmup_teacher_temp"] == 0.04  # constant, class and patch level
-    assert sop["class_anchor_keep"] == 0.5 and sop["memory_view"] == 1
+    assert sop["anchor_keep"] == 0.5 and sop["memory_view"] == 1
     assert method_masks(cfg, "sop") == {"prob": 1.0, "ratio": [0.3, 0.3], "min_block": 2}
     assert method_masks(cfg, "ibot")["prob"] == 0.5 and method_masks(cfg, "ibot")["ratio"] == [0.1, 0.5]
     for m in ("dino", "ibot"):
@@ -35,7 +35,7 @@ def test_recipe_shared_gives_every_method_one_setting(tmp_path: Path, tiny_data:
     cfg = bench_config(tmp_path, tiny_data, ["recipe=shared"])
     assert cfg["recipe"] == "shared"
     assert cfg["sop"]["teacher_temp"] == cfg["temps"]["teacher"] == cfg["dino"]["temps"]["teacher"]
-    assert cfg["sop"]["class_anchor_keep"] == 1.0 and cfg["sop"]["memory_view"] == 0
+    assert cfg["sop"]["anchor_keep"] == 1.0 and cfg["sop"]["memory_view"] == 0
     assert method_masks(cfg, "sop") == method_masks(cfg, "ibot") == cfg["masks"]
 
 
@@ -114,3 +114,14 @@ def test_holdout_scores_on_the_last_training_images_and_never_reads_the_test_set
     assert len(train) == len(full_train) - 20 and len(held) == 20
     assert torch.equal(held.images, full_train.images[-20:]) and torch.equal(train.images, full_train.images[:-20])
     assert not torch.equal(held.images, test.images[:20])
+
+
+def test_recipe_summary_says_what_each_method_trained_with(tmp_path: Path, tiny_data: Path) -> None:
+    from sop_plugin.bench.module import recipe_summary
+
+    cfg = bench_config(tmp_path, tiny_data, ["dino.koleo_weight=0.1", "dino.optim.base_lr=2e-3"])
+    sop, dino = recipe_summary(cfg, "sop"), recipe_summary(cfg, "dino", world=2)
+    assert sop["teacher_temp"] == "0.04" and sop["masks"] == "p 1, ratio 0.3-0.3" and "anchor_keep 0.5" in sop["own"]
+    assert sop["peak_lr"] == f"{5e-4 * 16 / 256:.3g}" and sop["koleo_weight"] == "0"
+    assert dino["teacher_temp"] == "0.04 -> 0.07" and dino["masks"] == "none" and dino["koleo_weight"] == "0.1"
+    assert dino["peak_lr"] == f"{2e-3 * 32 / 256:.3g}" and "norm_last_layer False" in dino["own"]

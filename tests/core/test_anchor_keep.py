@@ -1,4 +1,4 @@
-"""``class_anchor_keep``: the authors' "low_energy" anchor halving (sthalles/sop, memory_bank.py) as a uniform half."""
+"""``anchor_keep``: the authors' "low_energy" anchor halving (sthalles/sop, memory_bank.py) as a uniform half."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def test_each_drawn_anchor_is_kept_half_the_time() -> None:
 
 def test_objective_assigns_to_the_kept_half_and_feeds_memory_view() -> None:
     cfg = SOPConfig(dim=16, class_memory_size=256, patch_memory_size=64, class_num_anchors=16, class_num_sets=2,
-                    class_num_supports=2, patch_num_anchors=8, class_anchor_keep=0.5, memory_view=1)  # fmt: skip
+                    class_num_supports=2, patch_num_anchors=8, anchor_keep=0.5, memory_view=1)  # fmt: skip
     obj = SOPObjective(cfg)
     assert obj.build_sets("class", 0).num_sops == 8 and obj.build_sets("patch", 0).num_sops == 8
     assert torch.equal(obj.build_sets("class", 3).memory_index, obj.build_sets("class", 3).memory_index)  # seeded
@@ -78,7 +78,13 @@ def test_objective_assigns_to_the_kept_half_and_feeds_memory_view() -> None:
     obj(s, t, step=0)
     assert obj.last_step is not None and obj.last_step.class_teacher_probs.shape == (2, 2, 4, 8)
     assert torch.allclose(obj.class_memory.bank[:4], t[1])  # the second global view fed the memory
-    with pytest.raises(ValueError, match="class_anchor_keep"):
-        SOPConfig(class_anchor_keep=0.0).validate()
+    # the authors halve only SOP sets with SEs: the patch level (k = 0 above) keeps all, with k > 0 half
+    with_ses = SOPObjective(SOPConfig(dim=16, class_memory_size=256, patch_memory_size=64, class_num_anchors=16,
+                                      patch_num_anchors=8, patch_num_supports=1, anchor_keep=0.5))  # fmt: skip
+    assert with_ses.build_sets("patch", 0).num_sops == 4
+    with pytest.raises(ValueError, match="anchor_keep"):
+        SOPConfig(anchor_keep=0.0).validate()
+    with pytest.raises(ValueError, match="fewer than 2 of the 2 class anchors"):
+        SOPConfig(class_num_anchors=2, anchor_keep=0.5).validate()
     with pytest.raises(ValueError, match="memory_view"):
         SOPConfig(memory_view=2).validate()

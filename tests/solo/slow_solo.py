@@ -14,10 +14,10 @@ from typing import Any
 
 import lightning as L
 
-from sop_plugin.solo import launch
+from sop_plugin.solo import attach, launch
 
 PROGRESS = os.environ.get("SOP_TEST_PROGRESS")
-_make_callbacks = launch._callbacks_and_logger
+_make_callbacks = attach.plugin_callbacks
 
 
 class Slow(L.Callback):
@@ -29,13 +29,12 @@ class Slow(L.Callback):
         time.sleep(0.2)
 
 
-def _callbacks_and_logger(*args: Any, **kwargs: Any) -> Any:
-    callbacks, logger = _make_callbacks(*args, **kwargs)
-    return [*callbacks, Slow()], logger
+def _plugin_callbacks(*args: Any, **kwargs: Any) -> list[Any]:
+    return [*_make_callbacks(*args, **kwargs), Slow()]
 
 
 if __name__ == "__main__":
-    launch._callbacks_and_logger = _callbacks_and_logger
+    attach.plugin_callbacks = _plugin_callbacks
     if os.environ.get("SOP_TEST_LAUNCHER") == "linear":
         launch.linear_main()
     else:

@@ -138,11 +138,12 @@ SOLO_NAMES_OF_DINO = {
     "head_hidden_dim": "proj_hidden_dim",
     "dim": "proj_output_dim",
     "student_temp": "student_temperature",
-    "teacher_temp": "teacher_temperature",
     "warmup_teacher_temp": "warmup_teacher_temperature",
     "warmup_teacher_temp_epochs": "warmup_teacher_temperature_epochs",
     "clip_grad": "clip_grad",
 }
+#: SOP's authors keep the teacher at 0.04 throughout; DINO's warm up to 0.07 (each method its authors' recipe)
+TEACHER_TEMPS = {"sop": 0.04, "dino": 0.07}
 
 
 def test_method_kwargs_are_sopconfig_fields_plus_solo_keys():
@@ -182,6 +183,7 @@ def test_shipped_pretrain_configs_are_valid(dataset):
     # SOP's method_kwargs are SOPConfig's names; solo-learn's DINO has its own
     for sop_key, dino_key in SOLO_NAMES_OF_DINO.items():
         assert sop.method_kwargs[sop_key] == dino.method_kwargs[dino_key], sop_key
+    assert (sop.method_kwargs.teacher_temp, dino.method_kwargs.teacher_temperature) == tuple(TEACHER_TEMPS.values())
     assert OmegaConf.to_container(sop.augmentations)[:2] == OmegaConf.to_container(dino.augmentations)
 
     # the strictly matched pair: SOP on the global crops only
@@ -252,8 +254,14 @@ def test_shipped_ibot_configs_match_dino_and_sop(dataset):
     for key in IBOT_KEYS_OF_DINO:
         assert ibot.method_kwargs[key] == dino.method_kwargs[key], key
     assert ibot.method_kwargs.warmup_teacher_temperature_epochs == sop.method_kwargs.warmup_teacher_temp_epochs
-    for key in ("mask_prob", "mask_ratio", "mask_min_block", "clip_grad"):
+    for key in ("mask_min_block", "clip_grad"):
         assert _plain(ibot.method_kwargs[key]) == _plain(sop.method_kwargs[key]), key
+    # each method's own masks and temperatures: iBOT's authors' (p = 0.5, U(0.1, 0.5), 0.04 -> 0.07), SOP's
+    # authors' (every global view at 0.3, constant 0.04, half the anchors kept, memories fed by view 2)
+    assert (ibot.method_kwargs.mask_prob, _plain(ibot.method_kwargs.mask_ratio)) == (0.5, [0.1, 0.5])
+    assert (sop.method_kwargs.mask_prob, _plain(sop.method_kwargs.mask_ratio)) == (1.0, [0.3, 0.3])
+    mk = sop.method_kwargs
+    assert (mk.teacher_temp, mk.warmup_teacher_temp, mk.anchor_keep, mk.memory_view) == (0.04, 0.04, 0.5, 1)
     assert ibot.method_kwargs.num_prototypes == (8192 if dataset.startswith("imagenet") else 4096)
 
 

@@ -58,7 +58,7 @@ def test_parse_with_devices_accepts_an_int(tiny_image_folder):
 @pytest.mark.slow
 def test_cli_fast_dev_run_pretrain_then_linear(tiny_image_folder, tmp_path):
     ckpt_dir = tmp_path / "trained_models"
-    _run(
+    pretrained = _run(
         [
             _script("sop-solo-pretrain"),
             "--config-path",
@@ -76,6 +76,7 @@ def test_cli_fast_dev_run_pretrain_then_linear(tiny_image_folder, tmp_path):
     )
     ckpts = sorted((ckpt_dir / "sop").rglob("*.ckpt"))
     assert len(ckpts) == 1, ckpts
+    assert "sop-solo-pretrain: running " in pretrained.stderr and "with sop-plugin attached" in pretrained.stderr
     state = torch.load(ckpts[0], map_location="cpu", weights_only=True)["state_dict"]
     assert "objective.class_memory.bank" in state and "backbone.cls_token" in state
 

@@ -21,11 +21,11 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
 from sop_plugin.runtime import load_checkpoint  # noqa: E402
-from sop_plugin.solo import launch  # noqa: E402
+from sop_plugin.solo import attach, launch  # noqa: E402
 from tests.solo.soloutil import CPU, SMALL_SOP, compose_pretrain, data_overrides  # noqa: E402
 
 STEPS_PER_EPOCH = 4  # 20 training images, batch 5, drop_last
-MAKE_CALLBACKS = launch._callbacks_and_logger  # the launcher's own, before any test patches it
+MAKE_CALLBACKS = attach.plugin_callbacks  # the launcher's own, before any test patches it
 
 
 class Preempted(RuntimeError):
@@ -40,11 +40,10 @@ class PreemptAfterFirstEpoch(L.Callback):
 
 
 def _run(folder: Path, ckpt_dir: Path, extra: list[str], monkeypatch: pytest.MonkeyPatch, preempt: bool = False):
-    def callbacks_and_logger(*args, **kwargs):
-        callbacks, logger = MAKE_CALLBACKS(*args, **kwargs)
-        return callbacks + ([PreemptAfterFirstEpoch()] if preempt else []), logger
+    def plugin_callbacks(*args, **kwargs):
+        return MAKE_CALLBACKS(*args, **kwargs) + ([PreemptAfterFirstEpoch()] if preempt else [])
 
-    monkeypatch.setattr(launch, "_callbacks_and_logger", callbacks_and_logger)
+    monkeypatch.setattr(attach, "plugin_callbacks", plugin_callbacks)
     overrides = [
         *data_overrides(folder),
         *CPU,
