@@ -33,11 +33,12 @@ def temperature_overrides(method: str, temp: float) -> list[str]:
     """Teacher temperature ``temp`` in ``method``'s own form: SOP constant, DINO/iBOT warm-up 0.04 -> temp."""
     if method == "sop":
         return [f"sop.teacher_temp={temp}", f"sop.warmup_teacher_temp={temp}"]
-    return [f"temps.teacher={temp}"]
+    return [f"{method}.temps.teacher={temp}"]
 
 
 def point_overrides(method: str, lr: float, temp: float, koleo: float) -> list[str]:
-    return [f"methods=[{method}]", f"optim.base_lr={lr}", f"{method}.koleo_weight={koleo}",
+    """One grid point, set in the method's own section (where its tuned defaults live)."""
+    return [f"methods=[{method}]", f"{method}.optim.base_lr={lr}", f"{method}.koleo_weight={koleo}",
             *temperature_overrides(method, temp)]  # fmt: skip
 
 
@@ -125,22 +126,34 @@ def _markdown(rows: list[dict[str, Any]], choice: dict[str, dict[str, Any]]) -> 
 
 
 def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Per method: held-out kNN top-1 per point (top) and the head's effective rank there (bottom; SOP's
+    class memory beside it), so that a reader sees which settings collapse the embedding space."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    fig, axes = plt.subplots(1, len(methods), figsize=(4 * len(methods), 3.5), sharey=True, squeeze=False)
-    for ax, m in zip(axes[0], methods):
+    fig, axes = plt.subplots(2, len(methods), figsize=(4 * len(methods), 6.5), sharey="row", squeeze=False)
+    lo = min(r["knn_top1"] for r in rows)
+    for col, m in enumerate(methods):
         mine = [r for r in rows if r["method"] == m]
+        x = list(range(len(mine)))
         labels = [f"lr {r['base_lr']:g}\nT {r['teacher_temp']:g}\nKoLeo {r['koleo_weight']:g}" for r in mine]
-        ax.bar(range(len(mine)), [r["knn_top1"] for r in mine], color="tab:blue")
-        ax.set_xticks(range(len(mine)), labels, fontsize=7)
-        ax.set_title(m)
-        ax.set_ylabel("held-out kNN top-1 (%)")
-        lo = min(r["knn_top1"] for r in rows)
-        ax.set_ylim(max(0.0, lo - 5), None)
+        top, bottom = axes[0][col], axes[1][col]
+        top.bar(x, [r["knn_top1"] for r in mine], color="tab:blue")
+        top.set_title(m)
+        top.set_ylim(max(0.0, lo - 5), None)
+        for key, offset, color, name in (("head_erank", -0.2, "tab:orange", "head"),
+                                         ("memory_erank", 0.2, "tab:green", "class memory")):  # fmt: skip
+            values = [r.get(key) for r in mine]
+            if any(v is not None for v in values):
+                bottom.bar([i + offset for i in x], [v or 0.0 for v in values], 0.4, color=color, label=name)
+        bottom.legend(fontsize=7)
+        for ax in (top, bottom):
+            ax.set_xticks(x, labels, fontsize=7)
+    axes[0][0].set_ylabel("held-out kNN top-1 (%)")
+    axes[1][0].set_ylabel("effective rank at the end")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

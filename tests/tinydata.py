@@ -5,7 +5,9 @@ Imported as ``tests.tinydata`` (``tests`` is a package; pytest puts the reposito
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -28,6 +30,10 @@ TINY_BENCH = [
     "eval.seg.train_canvases=24", "eval.seg.test_canvases=8", "eval.seg.epochs=1",
     "eval.embedding_map.backend=tsne",
 ]  # fmt: skip
+
+#: a DDP run equals one process only without the terms computed per rank: drop path (torch's RNG seeded
+#: per rank) and KoLeo (nearest neighbours within a rank's batch, as in DINOv2); docs/reliability.md
+DDP_EXACT = ["model.drop_path_rate=0.0", "sop.koleo_weight=0", "dino.koleo_weight=0", "ibot.koleo_weight=0"]
 
 #: a SOP run of 2 epochs x 6 steps on 16 px crops (a ViT of 1 block), checkpointing every 4 steps.
 #: AdamW eps 1e-4 (bench default 1e-8): CPU reductions are not bit-reproducible across allocations
@@ -81,3 +87,13 @@ def compose_config(base: list[str], out: Path, data: Path, extra: list[str] | No
 def bench_config(out: Path, data: Path, extra: list[str] | None = None) -> dict[str, Any]:
     """:data:`TINY_BENCH` resolved."""
     return compose_config(TINY_BENCH, out, data, extra)
+
+
+def load_benchmark_script(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` as a module (the folder is not a package: its scripts run by path)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -68,15 +68,19 @@ class KNNMonitor(L.Callback):
 
 class CollapseMonitor(L.Callback):
     """Collapse diagnostics (:func:`sop_plugin.bench.collapse.measure_module`) of the teacher on a fixed
-    probe set: before training (epoch 0), after every epoch (``every_epoch``) and at the end of training.
+    probe set: before training (epoch 0), after every epoch (``every_epoch``), every ``every_n_steps``
+    optimisation steps (0: never; for curves within a short run, epoch = fractional) and at the end.
 
     Each measurement is logged as ``collapse/<stat>`` (with ``epoch``) and kept in ``history``
     (``{"epoch", "step", "seconds", <stat>: value or None}``), which travels in checkpoints so a
     resumed run reports the whole curve. Rank 0 only, like :class:`KNNMonitor`.
     """
 
-    def __init__(self, images: torch.Tensor, k: int = 8, seed: int = 0, every_epoch: bool = True) -> None:
+    def __init__(
+        self, images: torch.Tensor, k: int = 8, seed: int = 0, every_epoch: bool = True, every_n_steps: int = 0
+    ) -> None:
         self.images, self.k, self.seed, self.every_epoch = images, k, seed, every_epoch
+        self.every_n_steps = max(0, int(every_n_steps))
         self.history: list[dict[str, float | None]] = []
 
     def _measure(self, trainer: L.Trainer, module: Any, epoch: float) -> None:
@@ -99,16 +103,26 @@ class CollapseMonitor(L.Callback):
         if not self.history:  # not again after a resume
             self._measure(trainer, module, 0.0)
 
+    def on_train_batch_end(self, trainer: L.Trainer, module: Any, *args: Any) -> None:
+        step = int(trainer.global_step)
+        if self.every_n_steps and step % self.every_n_steps == 0 and not self._measured_at(step):
+            self._measure(trainer, module, self._fractional_epoch(trainer))
+
     def on_train_epoch_end(self, trainer: L.Trainer, module: Any) -> None:
         if self.every_epoch:
             self._measure(trainer, module, float(trainer.current_epoch + 1))
 
     def on_train_end(self, trainer: L.Trainer, module: Any) -> None:
-        if self.history and self.history[-1]["step"] == float(trainer.global_step):
-            return  # the last epoch's measurement is the final one
+        if not self._measured_at(int(trainer.global_step)):  # else the last measurement is the final one
+            self._measure(trainer, module, self._fractional_epoch(trainer))
+
+    def _measured_at(self, step: int) -> bool:
+        return bool(self.history) and self.history[-1]["step"] == float(step)
+
+    @staticmethod
+    def _fractional_epoch(trainer: L.Trainer) -> float:
         per_epoch = max(1, int(trainer.num_training_batches)) if math.isfinite(trainer.num_training_batches) else 0
-        epoch = round(trainer.global_step / per_epoch, 3) if per_epoch else float(trainer.current_epoch)
-        self._measure(trainer, module, float(epoch))
+        return float(round(trainer.global_step / per_epoch, 3)) if per_epoch else float(trainer.current_epoch)
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": [dict(h) for h in self.history]}

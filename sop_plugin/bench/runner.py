@@ -163,8 +163,15 @@ def fit_method(
     )
     probe_n = min(len(train), int(e.get("collapse_probe_images", 2048)))  # 0: no collapse diagnostics
     knn_k = int(e.get("collapse_knn_k", 8))
+    every_n = int(e.get("collapse_every_n_steps") or 0)
     collapse_cb = (
-        [CollapseMonitor(train.images[:probe_n], k=knn_k, seed=seed, every_epoch=e["every_epoch"])] if probe_n else []
+        [
+            CollapseMonitor(
+                train.images[:probe_n], k=knn_k, seed=seed, every_epoch=e["every_epoch"], every_n_steps=every_n
+            )
+        ]
+        if probe_n
+        else []
     )
     timer = StepTimer()  # keeps its times (and the training seconds) across a resume
     method_dir = out / method

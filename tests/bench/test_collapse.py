@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -31,9 +30,7 @@ from sop_plugin.bench.report import validate_results, write_report
 from sop_plugin.bench.runner import fit_method, load_data, run
 from sop_plugin.core import build_sop_sets, sample_anchors
 from sop_plugin.runtime import load_checkpoint
-from tests.tinydata import TINY_RUN, bench_config, compose_config
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.tinydata import TINY_RUN, bench_config, compose_config, load_benchmark_script
 
 
 def _gaussian(n: int, d: int, seed: int = 0) -> torch.Tensor:
@@ -243,6 +240,17 @@ def test_bench_run_writes_collapse_everywhere(tiny_data: Path, tmp_path: Path) -
     assert "## Collapse diagnostics" in (out / "report.md").read_text()
 
 
+def test_collapse_every_n_steps_measures_within_epochs(tiny_data: Path, tmp_path: Path) -> None:
+    """2 epochs of 6 steps, every 4 steps: steps 0, 4, 8, 12 at fractional epochs, the end measured once."""
+    cfg = compose_config(TINY_RUN, tmp_path / "run", tiny_data, ["methods=[dino]", "eval.collapse_every_n_steps=4"])
+    train, test = load_data(cfg)
+    record = fit_method("dino", cfg, train, test, tmp_path / "run").collapse
+    assert record is not None
+    assert [h["step"] for h in record["history"]] == [0.0, 4.0, 8.0, 12.0]
+    assert [h["epoch"] for h in record["history"]] == [0.0, pytest.approx(0.667), pytest.approx(1.333), 2.0]
+    assert all(h["head_erank"] is not None for h in record["history"])
+
+
 @pytest.mark.slow
 def test_collapse_history_survives_a_resume(tiny_data: Path, tmp_path: Path) -> None:
     """2 epochs of 6 steps, crash at step 9 (checkpoint at 8), resume: the straight run's history."""
@@ -276,11 +284,7 @@ class _Pickled:
 
 
 def _memory_spread() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("memory_spread", REPO / "benchmarks" / "memory_spread.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_script("memory_spread")
 
 
 def test_memory_spread_reads_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -315,3 +319,35 @@ def test_memory_spread_refuses_what_it_cannot_read(tmp_path: Path, capsys: pytes
     assert tool.main([str(tmp_path / "unsafe.ckpt")]) == 2
     assert "trust_checkpoint" in capsys.readouterr().err
     assert tool.main([str(tmp_path / "missing.ckpt")]) == 2
+
+
+# ---------------------------------------------------------------------- benchmarks/collapse_study.py
+def test_collapse_study_puts_runs_side_by_side(tmp_path: Path) -> None:
+    study = load_benchmark_script("collapse_study")
+    runs = []
+    for name, erank, sop in (("sop_lr0.004_k0", 6.4, True), ("sop_lr0.004_k0.1", 30.0, True), ("dino", 4.3, False)):
+        run = tmp_path / name
+        run.mkdir()
+        method = "sop" if sop else "dino"
+        result = {"knn_top1": 70.0 + erank / 10, "linear_top1": 75.0, "collapse": _record(erank, sop=sop)}
+        (run / "results.json").write_text(json.dumps({"methods": {method: result}}))
+        runs.append(str(run))
+    out = tmp_path / "study"
+    assert study.main([*runs, "--out", str(out)]) == 0
+    table = (out / "study.md").read_text().splitlines()
+    # memory: empty at initialisation, so its end value alone; no backbone statistic in the records
+    assert (
+        table[2]
+        == "| sop_lr0.004_k0 | 70.64 | 75.00 | 32.0 → 6.4 | 0.999 → 0.999 |  | 0.070 → 0.070 | 0.250 → 0.500 | 20.5 |  |"
+    )
+    assert (
+        table[4] == "| dino | 70.43 | 75.00 | 32.0 → 4.3 | 0.999 → 0.999 |  | 0.070 → 0.070 |  |  |  |"
+    )  # no SOP columns
+    saved = json.loads((out / "study.json").read_text())["study"]
+    assert saved["sop_lr0.004_k0.1"]["head_erank"] == {"init": 32.0, "final": 30.0}
+    assert (out / "collapse_study.png").stat().st_size > 1000
+    with pytest.raises(SystemExit):  # one label per run
+        study.main([*runs, "--out", str(out), "--labels", "a"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no results.json"):
+        study.main([str(tmp_path / "empty"), "--out", str(out)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import lightning as L
@@ -27,8 +28,21 @@ def test_authors_recipe_is_the_default(tmp_path: Path, tiny_data: Path) -> None:
     assert method_masks(cfg, "ibot")["prob"] == 0.5 and method_masks(cfg, "ibot")["ratio"] == [0.1, 0.5]
     for m in ("dino", "ibot"):
         assert cfg[m]["head"]["norm_last_layer"] is False and cfg[m]["head"]["freeze_last_layer_fraction"] > 0
-        assert (cfg[m]["temps"]["warmup_teacher"], cfg[m]["temps"]["teacher"]) == (0.04, 0.07)
+        assert cfg[m]["temps"]["warmup_teacher"] == 0.04 and cfg[m]["temps"]["student"] == 0.1
     assert cfg["model"]["drop_path_rate"] == 0.1 and cfg["optim"]["clip_grad"] == 3.0
+
+
+def test_tuned_defaults_are_the_tuning_grids_choice(tmp_path: Path, tiny_data: Path) -> None:
+    """Each method's lr, teacher temperature and KoLeo weight are its own best point of the committed grid."""
+    grid = json.loads((Path(__file__).resolve().parents[2] / "docs/results/tuning/grid.json").read_text())
+    cfg = bench_config(tmp_path, tiny_data)
+    for m in ("sop", "dino", "ibot"):
+        choice = grid["choice"][m]
+        temp = cfg[m]["teacher_temp"] if m == "sop" else cfg[m]["temps"]["teacher"]
+        assert (cfg[m]["optim"]["base_lr"], temp, cfg[m]["koleo_weight"]) == pytest.approx(
+            (choice["base_lr"], choice["teacher_temp"], choice["koleo_weight"])
+        ), m
+        assert choice == max((p for p in grid["points"] if p["method"] == m), key=lambda p: p["knn_top1"])
 
 
 def test_recipe_shared_gives_every_method_one_setting(tmp_path: Path, tiny_data: Path) -> None:
@@ -37,6 +51,9 @@ def test_recipe_shared_gives_every_method_one_setting(tmp_path: Path, tiny_data:
     assert cfg["sop"]["teacher_temp"] == cfg["temps"]["teacher"] == cfg["dino"]["temps"]["teacher"]
     assert cfg["sop"]["anchor_keep"] == 1.0 and cfg["sop"]["memory_view"] == 0
     assert method_masks(cfg, "sop") == method_masks(cfg, "ibot") == cfg["masks"]
+    for m in ("sop", "dino", "ibot"):  # no tuned values: the shared lr, no KoLeo, the top-level temperatures
+        assert cfg[m]["optim"]["base_lr"] is None and cfg[m]["koleo_weight"] == 0.0
+    assert cfg["dino"]["temps"] == cfg["ibot"]["temps"] == cfg["temps"]
 
 
 @pytest.mark.parametrize("method", ["sop", "dino", "ibot"])
@@ -83,7 +100,7 @@ def test_prototype_layer_is_frozen_for_its_fraction_of_the_run(method: str, tmp_
 
 
 def test_learning_rate_scales_with_batch_and_weight_decay_follows_a_cosine(tmp_path: Path, tiny_data: Path) -> None:
-    module = _module(tmp_path, tiny_data, "dino", ["optim.base_lr=1e-3"], steps=100)
+    module = _module(tmp_path, tiny_data, "dino", ["optim.base_lr=1e-3", "dino.optim.base_lr=null"], steps=100)
     assert module.learning_rate() == pytest.approx(1e-3 * 16 / 256)  # TINY_BENCH batch 16, one process
     assert module.weight_decay(0) == pytest.approx(0.04) and module.weight_decay(100) == pytest.approx(0.4)
     assert 0.04 < module.weight_decay(50) < 0.4
@@ -119,9 +136,37 @@ def test_holdout_scores_on_the_last_training_images_and_never_reads_the_test_set
 def test_recipe_summary_says_what_each_method_trained_with(tmp_path: Path, tiny_data: Path) -> None:
     from sop_plugin.bench.module import recipe_summary
 
-    cfg = bench_config(tmp_path, tiny_data, ["dino.koleo_weight=0.1", "dino.optim.base_lr=2e-3"])
+    extra = ["sop.optim.base_lr=null", "sop.koleo_weight=0", "dino.temps.teacher=0.07", "dino.koleo_weight=0.2",
+             "dino.optim.base_lr=2e-3"]  # fmt: skip
+    cfg = bench_config(tmp_path, tiny_data, extra)
     sop, dino = recipe_summary(cfg, "sop"), recipe_summary(cfg, "dino", world=2)
     assert sop["teacher_temp"] == "0.04" and sop["masks"] == "p 1, ratio 0.3-0.3" and "anchor_keep 0.5" in sop["own"]
-    assert sop["peak_lr"] == f"{5e-4 * 16 / 256:.3g}" and sop["koleo_weight"] == "0"
-    assert dino["teacher_temp"] == "0.04 -> 0.07" and dino["masks"] == "none" and dino["koleo_weight"] == "0.1"
+    assert sop["peak_lr"] == f"{5e-4 * 16 / 256:.3g}" and sop["koleo_weight"] == "0"  # the shared optim.base_lr
+    assert dino["teacher_temp"] == "0.04 -> 0.07" and dino["masks"] == "none" and dino["koleo_weight"] == "0.2"
     assert dino["peak_lr"] == f"{2e-3 * 32 / 256:.3g}" and "norm_last_layer False" in dino["own"]
+
+
+def test_ibot_rank_without_masked_patches_keeps_the_patch_centre_finite(
+    tmp_path: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under DDP (world size patched to 2) a rank with no masked patch still joins the patch loss (its
+    centre's all-reduce); the exact token centre counts zero tokens from it: no NaN, a zero patch loss."""
+    import sop_plugin.bench.objectives as objectives
+    from sop_plugin.bench.distributed import exact_ddp_centers
+
+    objective = objectives.build_objective("ibot", 16, bench_config(tmp_path, tiny_data)["ibot"])
+    exact_ddp_centers(objective)  # as BenchModule does
+    calls: list[int] = []
+    patch_loss = objective.patch_loss.forward
+    monkeypatch.setattr(
+        objective.patch_loss, "forward", lambda t, *a, **k: calls.append(len(t)) or patch_loss(t, *a, **k)
+    )
+    g, b, n, d = 2, 3, 4, 16
+    patch, cls = torch.randn(g, b, n, d), torch.randn(g, b, d)
+    masks = torch.zeros(g, b, n, dtype=torch.bool)
+    objective(cls, patch, cls, patch, masks, step=0)
+    assert calls == []  # one process: nothing masked, nothing to join
+    monkeypatch.setattr(objectives, "rank_and_world", lambda: (1, 2))
+    loss, logs = objective(cls, patch, cls, patch, masks, step=0)
+    assert calls == [0] and logs["loss_mim"] == 0.0 and torch.isfinite(loss)
+    assert torch.isfinite(objective.patch_loss.center.value).all()

@@ -22,13 +22,14 @@ import pytest
 from sop_plugin.bench.runner import fit_method, load_data
 from sop_plugin.runtime import load_checkpoint
 from tests.reliability.relutil import LossRecorder, assert_states_close, overrides, state_of, tiny_config
+from tests.tinydata import DDP_EXACT
 
 #: subprocess, DDP or full-fit tests: left out of `make test-fast`
 pytestmark = pytest.mark.slow
 
-# (optim.eps=1e-4 comes with the tiny config: see tinydata.TINY_RUN); drop path draws per rank from
-# torch's global RNG, so a DDP run equals one process only without it (docs/design-notes.md, "Recipes")
-COMMON = ["train.epochs=1", "model.drop_path_rate=0.0"]
+# (optim.eps=1e-4 comes with the tiny config: see tinydata.TINY_RUN); without the per-rank terms
+# (drop path, KoLeo: tinydata.DDP_EXACT)
+COMMON = ["train.epochs=1", *DDP_EXACT]
 
 
 def _step_losses(metrics: Path) -> dict[int, float]:

@@ -21,6 +21,7 @@ from lightning.fabric.plugins.io import torch_io
 from sop_plugin.bench.runner import check_resume, fit_method, load_data
 from sop_plugin.runtime import AtomicCheckpointIO, CheckpointError, load_checkpoint
 from tests.reliability.relutil import LossRecorder, assert_states_close, overrides, state_of, tiny_config
+from tests.tinydata import DDP_EXACT
 
 #: subprocess, DDP or full-fit tests: left out of `make test-fast`
 pytestmark = pytest.mark.slow
@@ -79,7 +80,8 @@ def test_kill_mid_epoch_then_resume_matches_uninterrupted(
 def test_kill_ddp_run_then_resume_in_ddp_matches_one_process(tiny_data: Path, tmp_path: Path) -> None:
     """SIGKILL both ranks of a 2-process run mid-epoch, resume it with 2 processes: the final
     state equals a 1-process run on the same global batches (batch 16, rng_chunk 8)."""
-    ddp = ["train.checkpoint_every_n_steps=2", "train.batch_size=8", "trainer.devices=2", "trainer.strategy=ddp"]
+    ddp = ["train.checkpoint_every_n_steps=2", "train.batch_size=8", "trainer.devices=2", "trainer.strategy=ddp",
+           *DDP_EXACT]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, str(HERE / "slow_bench.py"), *overrides(tmp_path, tiny_data, ddp)],
@@ -110,7 +112,7 @@ def test_kill_ddp_run_then_resume_in_ddp_matches_one_process(tiny_data: Path, tm
     final_ddp = load_checkpoint(last)
     assert final_ddp["global_step"] == 12
 
-    one = tiny_config(tmp_path / "one", tiny_data, ["train.rng_chunk=8"])
+    one = tiny_config(tmp_path / "one", tiny_data, ["train.rng_chunk=8", *DDP_EXACT])
     train, test = load_data(one)
     fitted = fit_method("sop", one, train, test, tmp_path / "one")
     assert_states_close(dict(final_ddp["state_dict"]), state_of(fitted.module), atol=1e-5)
