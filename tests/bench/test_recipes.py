@@ -170,3 +170,19 @@ def test_ibot_rank_without_masked_patches_keeps_the_patch_centre_finite(
     loss, logs = objective(cls, patch, cls, patch, masks, step=0)
     assert calls == [0] and logs["loss_mim"] == 0.0 and torch.isfinite(loss)
     assert torch.isfinite(objective.patch_loss.center.value).all()
+
+
+def test_gpu_profiles_do_not_inherit_the_cpu_tuned_learning_rate(tmp_path: Path, tiny_data: Path) -> None:
+    """The tuned lr belongs to the CPU mini ViT: `gpu` keeps its own shared lr, `full` the authors' ViT-S
+    recipe as it is (lr 5e-4, no KoLeo, DINO/iBOT temperature 0.04 -> 0.07)."""
+    from sop_plugin.bench.module import recipe_summary
+
+    gpu = bench_config(tmp_path, tiny_data, ["profile=gpu", "trainer.accelerator=cpu", "trainer.precision=32-true"])
+    full = bench_config(tmp_path, tiny_data, ["profile=full", "trainer.accelerator=cpu", "trainer.precision=32-true"])
+    for m in ("sop", "dino", "ibot"):
+        batch = gpu["train"]["batch_size"]
+        assert recipe_summary(gpu, m)["peak_lr"] == f"{2e-3 * batch / 256:.3g}" and gpu[m]["koleo_weight"] == 0.1
+        assert full[m]["optim"]["base_lr"] is None and full[m]["koleo_weight"] == 0.0
+        assert recipe_summary(full, m)["peak_lr"] == f"{5e-4 * full['train']['batch_size'] / 256:.3g}"
+    assert full["dino"]["temps"]["teacher"] == full["ibot"]["temps"]["teacher"] == 0.07
+    assert full["sop"]["teacher_temp"] == 0.04  # SOP's authors: constant 0.04
