@@ -169,7 +169,6 @@ def own_pretrain(cfg: DictConfig, attachment: Attachment) -> None:
     """Pretraining from solo-learn's parts (run inside ``attachment.attached()``: its hooks apply)."""
     from lightning.pytorch import seed_everything
     from solo.args.pretrain import parse_cfg
-    from solo.data.classification_dataloader import prepare_data
     from solo.data.pretrain_dataloader import (
         FullTransformPipeline,
         NCropAugmentation,
@@ -198,22 +197,30 @@ def own_pretrain(cfg: DictConfig, attachment: Attachment) -> None:
     train = prepare_dataloader(images, batch_size=cfg.optimizer.batch_size, num_workers=d.num_workers)
     val = None
     if _labelled_val(d):
-        _, val = prepare_data(
-            d.dataset,
-            train_data_path=d.train_path,
-            val_data_path=d.val_path,
-            data_format=d.format,
-            batch_size=cfg.optimizer.batch_size,
-            num_workers=d.num_workers,
-        )
+        _, val = _classification_loaders(cfg)
     _fit(cfg, attachment.logdir, model, train, val)
+
+
+def _classification_loaders(cfg: DictConfig, **extra: Any) -> tuple[Any, Any]:
+    """solo-learn's labelled train/val loaders for ``cfg.data`` at the run's batch size."""
+    from solo.data.classification_dataloader import prepare_data
+
+    d = cfg.data
+    return prepare_data(
+        d.dataset,
+        train_data_path=d.train_path,
+        val_data_path=d.val_path,
+        data_format=d.format,
+        batch_size=cfg.optimizer.batch_size,
+        num_workers=d.num_workers,
+        **extra,
+    )
 
 
 def own_linear(cfg: DictConfig, attachment: Attachment) -> None:
     """Linear evaluation from solo-learn's parts (inside ``attachment.attached()``)."""
     import torch.nn as nn
     from solo.args.linear import parse_cfg
-    from solo.data.classification_dataloader import prepare_data
     from solo.methods.base import BaseMethod
     from solo.methods.linear import LinearModel
 
@@ -227,16 +234,7 @@ def own_linear(cfg: DictConfig, attachment: Attachment) -> None:
     backbone.load_state_dict({k: v for k, v in attachment.weights.items() if k in backbone.state_dict()}, strict=False)
     loss = nn.CrossEntropyLoss(label_smoothing=float(cfg.label_smoothing))
     model = LinearModel(backbone, loss_func=loss, mixup_func=None, cfg=cfg)
-    d = cfg.data
-    train, val = prepare_data(
-        d.dataset,
-        train_data_path=d.train_path,
-        val_data_path=d.val_path,
-        data_format=d.format,
-        batch_size=cfg.optimizer.batch_size,
-        num_workers=d.num_workers,
-        auto_augment=cfg.auto_augment,
-    )
+    train, val = _classification_loaders(cfg, auto_augment=cfg.auto_augment)
     _fit(cfg, attachment.logdir, model, train, val)
 
 
