@@ -16,6 +16,7 @@ import torch
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import ScalarFormatter
 from torch import Tensor
 
 from sop_plugin.bench.collapse import STAT_LABELS, stat_label
@@ -149,6 +150,41 @@ def plot_sweep(
     ax.set_xlabel(key)
     ax.set_ylabel(f"{metric} (%)")
     ax.set_title(f"{metric} per {key}, same grid for every method")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_length_curve(
+    points: Mapping[str, Sequence[tuple[float, float]]],
+    fits: Mapping[str, tuple[float, float]],
+    floor: float,
+    path: str | Path,
+) -> Path:
+    """Measured kNN top-1 per run length (dots) and each method's ``a + b ln(epochs)`` fit, extended
+    to where it meets the raw-pixel ``floor`` (at most 4x the longest run)."""
+    fig = Figure(figsize=(6.5, 4.0))
+    ax = fig.add_subplot()
+    longest = max(e for pts in points.values() for e, _ in pts)
+    shortest = min(e for pts in points.values() for e, _ in pts)
+    for i, (method, pts) in enumerate(points.items()):
+        color = f"C{i}"
+        ax.scatter([e for e, _ in pts], [s for _, s in pts], color=color, label=method, zorder=3)
+        a, b = fits[method]
+        reach = math.exp((floor - a) / b) if b > 0 else math.inf
+        xs = np.geomspace(shortest, longest, 20)
+        ax.plot(xs, a + b * np.log(xs), color=color)
+        end = min(max(longest, reach), 4 * longest)
+        if end > longest:
+            xs = np.geomspace(longest, end, 20)
+            ax.plot(xs, a + b * np.log(xs), color=color, linestyle=":")
+    ax.axhline(floor, color="gray", linestyle="--", label=f"raw pixels ({floor:.1f})")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(ScalarFormatter())
+    ax.set_xlabel("epochs of the run (each run its own schedule)")
+    ax.set_ylabel("kNN top-1 (%)")
+    ax.set_title("kNN against run length; dotted: extrapolated fit")
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, path)

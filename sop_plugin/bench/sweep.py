@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +30,23 @@ def _get(cfg: dict[str, Any], dotted: str) -> Any:
     return cfg
 
 
-def _flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+def flatten_config(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config as ``{dotted.key: value}``."""
     if not isinstance(cfg, dict):
         return {prefix: cfg}
     flat: dict[str, Any] = {}
     for k, v in cfg.items():
-        flat.update(_flatten(v, f"{prefix}.{k}" if prefix else k))
+        flat.update(flatten_config(v, f"{prefix}.{k}" if prefix else k))
     return flat
 
 
-def load_runs(dirs: list[Path], key: str) -> list[tuple[Any, dict[str, Any], dict[str, Any]]]:
-    """(value of ``key``, config, results) per run, sorted by value; refuses runs differing elsewhere."""
+def load_runs(
+    dirs: list[Path], key: str, allow: tuple[str, ...] = ()
+) -> list[tuple[Any, dict[str, Any], dict[str, Any]]]:
+    """(value of ``key``, config, results) per run, sorted by value; refuses runs differing elsewhere.
+
+    ``allow``: further config keys (prefixes) that may differ, e.g. ``("seed",)`` for several seeds per value.
+    """
     runs = []
     for d in dirs:
         cfg = json.loads((d / "config.json").read_text())
@@ -47,15 +54,15 @@ def load_runs(dirs: list[Path], key: str) -> list[tuple[Any, dict[str, Any], dic
         validate_results(res)
         runs.append((_get(cfg, key), cfg, res))
     runs.sort(key=lambda r: r[0])
-    base_value, base_cfg = runs[0][0], _flatten(runs[0][1])
+    base_value, base_cfg = runs[0][0], flatten_config(runs[0][1])
     for value, cfg, _ in runs[1:]:
-        flat = _flatten(cfg)
+        flat = flatten_config(cfg)
         # a difference is allowed only where both runs hold their swept value (interpolated copies of it)
         diff = sorted(
             k
             for k in set(base_cfg) | set(flat)
             if base_cfg.get(k) != flat.get(k)
-            and not k.startswith(IGNORED)
+            and not k.startswith(IGNORED + allow)
             and not (base_cfg.get(k) == base_value and flat.get(k) == value)
         )
         if diff:
@@ -83,7 +90,7 @@ def summarize_sweep(runs: list[tuple[Any, dict[str, Any], dict[str, Any]]], key:
     return out
 
 
-def write_sweep(summary: dict[str, Any], out: Path) -> None:
+def write_sweep(summary: dict[str, Any], out: Path) -> Path:
     """``sweep.json``, ``sweep.md`` and ``sweep.png`` (kNN top-1 against the value) in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps(summary, indent=2))
@@ -109,20 +116,37 @@ def write_sweep(summary: dict[str, Any], out: Path) -> None:
         out / "sweep.png",
         floor=summary["raw_pixel_knn_top1"],
     )
+    return out / "sweep.md"
+
+
+def run_cli(
+    argv: list[str] | None,
+    description: str,
+    summarize: Callable[[argparse.Namespace], dict[str, Any]],
+    write: Callable[[dict[str, Any], Path], Path],
+    configure: Callable[[argparse.ArgumentParser], None] = lambda parser: None,
+) -> None:
+    """The shared command line of the run aggregators: RUN_DIR... --out DIR; a bad set of runs exits 2."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("runs", nargs="+", type=Path, help="sop-bench output directories")
+    parser.add_argument("--out", required=True, type=Path)
+    configure(parser)
+    args = parser.parse_args(argv)
+    try:
+        summary = summarize(args)
+    except (ValueError, KeyError, FileNotFoundError) as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    print(f"wrote {write(summary, args.out)}")
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="sop-bench output directories")
-    parser.add_argument("--key", required=True, help="the swept config key, e.g. optim.lr")
-    parser.add_argument("--out", required=True, type=Path)
-    args = parser.parse_args(argv)
-    try:
-        summary = summarize_sweep(load_runs(args.runs, args.key), args.key)
-    except (ValueError, KeyError, FileNotFoundError) as err:
-        parser.exit(2, f"sweep: error: {err}\n")
-    write_sweep(summary, args.out)
-    print(f"wrote {args.out / 'sweep.md'}")
+    run_cli(
+        argv,
+        __doc__.splitlines()[0],
+        lambda args: summarize_sweep(load_runs(args.runs, args.key), args.key),
+        write_sweep,
+        lambda parser: parser.add_argument("--key", required=True, help="the swept config key, e.g. optim.lr"),
+    )
 
 
 if __name__ == "__main__":

@@ -132,3 +132,55 @@ def test_sweep_refuses_runs_that_differ_elsewhere(tmp_path: Path) -> None:
     runs = [_sweep_run(tmp_path, 2e-3, {}), _sweep_run(tmp_path, 5e-4, {}, seed=1)]
     with pytest.raises(ValueError, match=r"runs differ in \['seed'\] besides optim.lr"):
         load_runs(runs, "optim.lr")
+
+
+def _length_run(root: Path, epochs: int, seed: int, knn: float, depth: int = 4) -> Path:
+    import json
+
+    run = root / f"e{epochs}s{seed}d{depth}"
+    run.mkdir()
+    cfg = {"seed": seed, "out": str(run), "train": {"epochs": epochs}, "model": {"depth": depth}, "eval": {"x": epochs}}
+    results = copy.deepcopy(RESULTS)
+    results["seed"] = seed
+    results["methods"] = {"sop": {**_metrics(knn), "train_seconds": 100.0 * epochs}}
+    (run / "config.json").write_text(json.dumps(cfg))
+    (run / "results.json").write_text(json.dumps(results))
+    return run
+
+
+def test_length_curve_predicts_the_length_that_reaches_the_floor(tmp_path: Path) -> None:
+    import math
+
+    from sop_plugin.bench.length_curve import ALLOW, KEY, summarize_lengths, write_length_curve
+    from sop_plugin.bench.sweep import load_runs
+
+    # kNN = 80 + 2 ln(E) at the seed means (seeds 1 apart at 3 epochs): the floor 84.59 at E = exp(2.295)
+    runs = [_length_run(tmp_path, 1, 0, 80.0)]
+    runs += [_length_run(tmp_path, 3, s, 80.0 + 2 * math.log(3) + d) for s, d in ((0, -0.5), (1, 0.5))]
+    summary = summarize_lengths(load_runs(runs, KEY, allow=ALLOW))
+    sop = summary["methods"]["sop"]
+    assert sop["fit"]["b_per_ln_epoch"] == pytest.approx(2.0)
+    assert sop["epochs_to_floor"] == pytest.approx(math.exp(4.59 / 2))
+    assert sop["train_minutes_to_floor"] == pytest.approx(math.exp(4.59 / 2) * 100 / 60)
+    optimistic, pessimistic = sop["epochs_to_floor_band"]
+    assert optimistic < sop["epochs_to_floor"] < pessimistic
+    write_length_curve(summary, tmp_path / "out")
+    assert (
+        "| sop | 1: 80.00 ± 0.00 (1); 3: 82.20 ± 0.71 (2) | 2.00 | 9.9 ("
+        in (tmp_path / "out" / "length_curve.md").read_text()
+    )
+    assert _is_png(tmp_path / "out" / "length_curve.png")
+
+
+def test_length_curve_refuses_runs_that_differ_in_training(tmp_path: Path) -> None:
+    from sop_plugin.bench.length_curve import ALLOW, KEY, fit_log_length, main
+    from sop_plugin.bench.sweep import load_runs
+
+    runs = [_length_run(tmp_path, 1, 0, 80.0), _length_run(tmp_path, 3, 0, 82.0, depth=6)]
+    with pytest.raises(ValueError, match=r"runs differ in \['model.depth'\] besides train.epochs"):
+        load_runs(runs, KEY, allow=ALLOW)
+    with pytest.raises(SystemExit) as exit_info:  # the command line: exit 2, nothing written
+        main([str(r) for r in runs] + ["--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2 and not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="two different train.epochs"):
+        fit_log_length([3.0, 3.0], [82.0, 83.0])

@@ -17,6 +17,7 @@ import solo.args.pretrain  # noqa: E402
 import solo.data.classification_dataloader  # noqa: E402
 import solo.data.pretrain_dataloader  # noqa: E402
 import torch  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 
 from sop_plugin.runtime import AtomicCheckpointIO, RNGStateCheckpoint, load_checkpoint  # noqa: E402
 from sop_plugin.solo import attach, launch  # noqa: E402
@@ -36,6 +37,16 @@ def _originals() -> list[object]:
         solo.data.classification_dataloader.prepare_data,
         solo.data.pretrain_dataloader.prepare_datasets,
     ]
+
+
+def _fast_linear_cfg(ckpt: Path, folder: Path, ckpt_dir: Path) -> DictConfig:
+    """solo-learn's linear config for our Fashion-MNIST script on ``ckpt``: one fast_dev_run batch on CPU."""
+    return compose(
+        SCRIPTS / "linear" / "fashion-mnist",
+        "sop.yaml",
+        [f"pretrained_feature_extractor='{ckpt}'", *data_overrides(folder), *CPU]
+        + [f"checkpoint.dir={ckpt_dir}", "++fast_dev_run=True"],
+    )
 
 
 def _fast_pretrain(folder: Path, ckpt_dir: Path, extra: tuple[str, ...] = ()):
@@ -90,12 +101,7 @@ def test_pretrain_and_linear_run_the_clones_scripts_with_our_pieces(
     ckpt = sorted((tmp_path / "ckpt" / "sop").rglob("*.ckpt"))
     assert len(ckpt) == 1 and "objective.class_memory.bank" in load_checkpoint(ckpt[0])["state_dict"]
 
-    linear = compose(
-        SCRIPTS / "linear" / "fashion-mnist",
-        "sop.yaml",
-        [f"pretrained_feature_extractor='{ckpt[0]}'", *data_overrides(tiny_image_folder), *CPU]
-        + [f"checkpoint.dir={tmp_path / 'ckpt'}", "++fast_dev_run=True"],
-    )
+    linear = _fast_linear_cfg(ckpt[0], tiny_image_folder, tmp_path / "ckpt")
     trained = launch.run_linear(linear)
     assert trained.launched_by == SOLO_ROOT / "main_linear.py"
     _assert_attached(trained)
@@ -124,12 +130,7 @@ def test_without_a_clone_our_own_launcher_runs_with_the_same_pieces(
     assert "val_knn_acc1" in trainer.callback_metrics
     ckpt = sorted((tmp_path / "ckpt" / "sop").rglob("*.ckpt"))
     assert len(ckpt) == 1
-    linear = compose(
-        SCRIPTS / "linear" / "fashion-mnist",
-        "sop.yaml",
-        [f"pretrained_feature_extractor='{ckpt[0]}'", *data_overrides(tiny_image_folder), *CPU]
-        + [f"checkpoint.dir={tmp_path / 'ckpt'}", "++fast_dev_run=True"],
-    )
+    linear = _fast_linear_cfg(ckpt[0], tiny_image_folder, tmp_path / "ckpt")
     trained = launch.run_linear(linear)
     assert trained.launched_by is None and "val_acc1" in trained.callback_metrics
     backbone = {k[len("backbone.") :]: v for k, v in load_checkpoint(ckpt[0])["state_dict"].items()}
