@@ -4,7 +4,7 @@ Usage: ``python -m sop_plugin.bench.length_curve RUN_DIR [RUN_DIR ...] --out DIR
 
 The runs must differ only in ``train.epochs`` (each a whole run with its own schedule, not the
 epochs of one run), their seed and their evaluation settings (checked). Per method, the kNN top-1
-of every run is fitted by least squares with ``a + b * ln(epochs)``; where the fit rises, the length
+of the runs, averaged per length, is fitted by least squares with ``a + b * ln(epochs)``; where the fit rises, the length
 ``exp((floor - a) / b)`` at which it would reach the raw-pixel kNN floor is the prediction, and the
 fewest training seconds per epoch among the runs turn it into training time on their machine. The
 band refits the per-length means shifted by one seed standard deviation either way. With only two
@@ -66,13 +66,14 @@ def summarize_lengths(runs: list[tuple[Any, dict[str, Any], dict[str, Any]]]) ->
     for m in methods:
         done = [(float(e), r["methods"][m]) for e, _, r in runs if m in r["methods"]]
         epochs, knn = [e for e, _ in done], [float(v["knn_top1"]) for _, v in done]
-        a, b = fit_log_length(epochs, knn)
         groups = _per_length(epochs, knn)
+        lengths = sorted(groups)
         means = {e: statistics.fmean(v) for e, v in groups.items()}
         stds = {e: statistics.stdev(v) if len(v) > 1 else 0.0 for e, v in groups.items()}
+        # fitted to the per-length means, so that a length with more seeds does not weigh more
+        a, b = fit_log_length(lengths, [means[e] for e in lengths])
         band = []
         for sign in (1.0, -1.0):  # optimistic (+1 sd), then pessimistic (-1 sd)
-            lengths = sorted(groups)
             ab = fit_log_length(lengths, [means[e] + sign * stds[e] for e in lengths])
             band.append(epochs_to_reach(*ab, floor))
         # the least-disturbed run: sharing the machine only ever slows a run down

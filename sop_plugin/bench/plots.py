@@ -162,13 +162,12 @@ def plot_length_curve(
     path: str | Path,
 ) -> Path:
     """Measured kNN top-1 per run length (dots) and each method's ``a + b ln(epochs)`` fit, extended
-    to where it meets the raw-pixel ``floor`` (at most 4x the longest run)."""
+    to where it meets the raw-pixel ``floor`` (at most 4x its longest run)."""
     fig = Figure(figsize=(6.5, 4.0))
     ax = fig.add_subplot()
-    longest = max(e for pts in points.values() for e, _ in pts)
-    shortest = min(e for pts in points.values() for e, _ in pts)
     for i, (method, pts) in enumerate(points.items()):
         color = f"C{i}"
+        longest, shortest = max(e for e, _ in pts), min(e for e, _ in pts)  # this method's measured range
         ax.scatter([e for e, _ in pts], [s for _, s in pts], color=color, label=method, zorder=3)
         a, b = fits[method]
         reach = math.exp((floor - a) / b) if b > 0 else math.inf
