@@ -81,9 +81,7 @@ def summarize_lengths(runs: list[tuple[Any, dict[str, Any], dict[str, Any]]]) ->
         needed = epochs_to_reach(a, b, floor)
         out["methods"][m] = {
             "points": [{"epochs": e, "knn_top1": s} for e, s in zip(epochs, knn)],
-            "mean_by_epochs": {
-                f"{e:g}": {"mean": means[e], "std": stds[e], "n": len(groups[e])} for e in sorted(groups)
-            },
+            "mean_by_epochs": {f"{e:g}": {"mean": means[e], "std": stds[e], "n": len(groups[e])} for e in lengths},
             "fit": {"a": a, "b_per_ln_epoch": b},
             "epochs_to_floor": needed,
             "epochs_to_floor_band": band,
@@ -126,7 +124,7 @@ def write_length_curve(summary: dict[str, Any], out: Path) -> Path:
     (out / "length_curve.md").write_text("\n".join(lines))
     plot_length_curve(
         {m: [(p["epochs"], p["knn_top1"]) for p in s["points"]] for m, s in summary["methods"].items()},
-        {m: (s["fit"]["a"], s["fit"]["b_per_ln_epoch"]) for m, s in summary["methods"].items()},
+        {m: (s["fit"]["a"], s["fit"]["b_per_ln_epoch"], s["epochs_to_floor"]) for m, s in summary["methods"].items()},
         floor,
         out / "length_curve.png",
     )

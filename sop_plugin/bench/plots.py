@@ -157,20 +157,20 @@ def plot_sweep(
 
 def plot_length_curve(
     points: Mapping[str, Sequence[tuple[float, float]]],
-    fits: Mapping[str, tuple[float, float]],
+    fits: Mapping[str, tuple[float, float, float]],
     floor: float,
     path: str | Path,
 ) -> Path:
     """Measured kNN top-1 per run length (dots) and each method's ``a + b ln(epochs)`` fit, extended
-    to where it meets the raw-pixel ``floor`` (at most 4x its longest run)."""
+    to ``reach``, the length where it meets the raw-pixel ``floor`` (at most 4x its longest run);
+    ``fits``: method -> ``(a, b, reach)``."""
     fig = Figure(figsize=(6.5, 4.0))
     ax = fig.add_subplot()
     for i, (method, pts) in enumerate(points.items()):
         color = f"C{i}"
         longest, shortest = max(e for e, _ in pts), min(e for e, _ in pts)  # this method's measured range
         ax.scatter([e for e, _ in pts], [s for _, s in pts], color=color, label=method, zorder=3)
-        a, b = fits[method]
-        reach = math.exp((floor - a) / b) if b > 0 else math.inf
+        a, b, reach = fits[method]
         xs = np.geomspace(shortest, longest, 20)
         ax.plot(xs, a + b * np.log(xs), color=color)
         end = min(max(longest, reach), 4 * longest)
