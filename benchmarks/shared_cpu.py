@@ -17,22 +17,28 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-#: (name, competing process?, environment changes); "default" is what sop-bench did before it set
-#: OMP_WAIT_POLICY itself (nothing set), "passive" what its entry points set now
+#: (name, competing process?, environment changes); "default" is libgomp's own (nothing set: spin about
+#: 300,000 times, then sleep), "passive" never spins, "spin-N" spins N times (GOMP_SPINCOUNT), then sleeps
 CONDITIONS = [
     ("alone/default", False, {}),
     ("alone/passive", False, {"OMP_WAIT_POLICY": "PASSIVE"}),
+    ("alone/spin-1000", False, {"GOMP_SPINCOUNT": "1000"}),
+    ("alone/spin-10000", False, {"GOMP_SPINCOUNT": "10000"}),
     ("busy/default", True, {}),
     ("busy/passive", True, {"OMP_WAIT_POLICY": "PASSIVE"}),
+    ("busy/spin-1000", True, {"GOMP_SPINCOUNT": "1000"}),
+    ("busy/spin-10000", True, {"GOMP_SPINCOUNT": "10000"}),
     ("busy/1-thread", True, {"OMP_NUM_THREADS": "1"}),
 ]
+#: the variables a condition sets; removed from the inherited environment first
+OMP_VARIABLES = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "GOMP_SPINCOUNT")
 
 
 def run(out: Path, steps: int) -> dict[str, dict[str, float]]:
     results: dict[str, dict[str, float]] = {}
     overrides = [f"train.max_steps={steps}", f"train.limit_train_images={steps * 64}", "eval.every_epoch=false"]
     for name, busy, env_changes in CONDITIONS:
-        env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+        env = {k: v for k, v in os.environ.items() if k not in OMP_VARIABLES}
         env.update(env_changes)
         hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
         try:
