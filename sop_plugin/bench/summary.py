@@ -1,6 +1,9 @@
 """Aggregate several ``sop-bench`` runs (e.g. seeds) into one summary: JSON, markdown and a plot.
 
-Usage: ``python -m sop_plugin.bench.summary RUN_DIR [RUN_DIR ...] --out DIR``
+Usage: ``python -m sop_plugin.bench.summary RUN_DIR[:METHOD,...] [RUN_DIR[:METHOD,...] ...] --out DIR``
+
+``RUN_DIR:ibot`` takes only iBOT from that run (e.g. a method re-run alone at a new default beside the
+others' runs); one method may appear once per seed.
 """
 
 from __future__ import annotations
@@ -41,9 +44,10 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     The final collapse diagnostics (``collapse.final``) are summarised under ``collapse.<stat>``.
     """
     methods = sorted({m for r in runs for m in r["methods"]})
+    seeds = sorted({r["seed"] for r in runs})
     out: dict[str, Any] = {
-        "runs": len(runs),
-        "seeds": [r["seed"] for r in runs],
+        "runs": len(seeds),
+        "seeds": seeds,
         "dataset": runs[0]["dataset"],
         "profile": runs[0]["profile"],
         "raw_pixel_knn_top1": runs[0]["raw_pixel_knn_top1"],
@@ -51,7 +55,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
     for m in methods:
         per = [r["methods"][m] for r in runs if m in r["methods"]]
-        stats: dict[str, Any] = {}
+        stats: dict[str, Any] = {"seeds": [r["seed"] for r in runs if m in r["methods"]]}
         for key in METRICS:
             vals = [float(p[key]) for p in per if p.get(key) is not None]
             if vals:
@@ -75,11 +79,12 @@ def write_summary(summary: dict[str, Any], runs: list[dict[str, Any]], out: Path
         "",
         f"Raw-pixel kNN floor: {summary['raw_pixel_knn_top1']:.2f} %",
         "",
-        "| method | " + " | ".join(cols) + " |",
-        "|---" * (len(cols) + 1) + "|",
+        "| method | " + " | ".join(cols) + " | seeds |",
+        "|---" * (len(cols) + 2) + "|",
     ]
     for m, stats in summary["methods"].items():
         cells = [f"{stats[k]['mean']:.2f} ± {stats[k]['std']:.2f}" if k in stats else "n/a" for k in cols]
+        cells.append(", ".join(str(seed) for seed in stats["seeds"]))
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines += _collapse_lines(summary)
     lines += [
@@ -128,16 +133,32 @@ def _collapse_lines(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def load_run(spec: str) -> dict[str, Any]:
+    """``RUN_DIR`` or ``RUN_DIR:METHOD,...``: the run's results, restricted to those methods."""
+    path, _, only = spec.partition(":")
+    r = json.loads((Path(path) / "results.json").read_text())
+    validate_results(r)
+    if only:
+        keep = only.split(",")
+        missing = [m for m in keep if m not in r["methods"]]
+        if missing:
+            raise SystemExit(f"summary: {path} has no method {missing} (it has {sorted(r['methods'])})")
+        r["methods"] = {m: v for m, v in r["methods"].items() if m in keep}
+    return r
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("runs", nargs="+", type=Path, help="sop-bench output directories (with results.json)")
+    parser.add_argument(
+        "runs", nargs="+", help="sop-bench output directories (with results.json), RUN_DIR[:METHOD,...]"
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    runs = []
-    for d in args.runs:
-        r = json.loads((d / "results.json").read_text())
-        validate_results(r)
-        runs.append(r)
+    runs = [load_run(spec) for spec in args.runs]
+    for m in {m for r in runs for m in r["methods"]}:
+        seeds = [r["seed"] for r in runs if m in r["methods"]]
+        if len(seeds) != len(set(seeds)):
+            raise SystemExit(f"summary: {m} appears twice for one seed ({seeds}); pick one run with RUN_DIR:METHOD")
     summary = summarize(runs)
     write_summary(summary, runs, args.out)
     print((args.out / "summary.md").read_text())
