@@ -56,6 +56,8 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for m in methods:
         per = [r["methods"][m] for r in runs if m in r["methods"]]
         stats: dict[str, Any] = {"seeds": [r["seed"] for r in runs if m in r["methods"]]}
+        if len(stats["seeds"]) != len(set(stats["seeds"])):
+            raise ValueError(f"{m} appears twice for one seed ({stats['seeds']}); pick one run with RUN_DIR:METHOD")
         for key in METRICS:
             vals = [float(p[key]) for p in per if p.get(key) is not None]
             if vals:
@@ -155,11 +157,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     runs = [load_run(spec) for spec in args.runs]
-    for m in {m for r in runs for m in r["methods"]}:
-        seeds = [r["seed"] for r in runs if m in r["methods"]]
-        if len(seeds) != len(set(seeds)):
-            raise SystemExit(f"summary: {m} appears twice for one seed ({seeds}); pick one run with RUN_DIR:METHOD")
-    summary = summarize(runs)
+    try:
+        summary = summarize(runs)
+    except ValueError as e:
+        raise SystemExit(f"summary: {e}") from None
     write_summary(summary, runs, args.out)
     print((args.out / "summary.md").read_text())
 
