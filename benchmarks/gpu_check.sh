@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# GPU performance check of issue 3 ("Performance"): sop-perf on one CUDA device.
+# GPU performance check of issue 3 ("Performance"): sop-perf on one CUDA device. The whole device
+# check (this, the retrieval check, sop-bench profile=gpu, solo-learn) is benchmarks/gpu_run.sh.
 #
 # Sized for <= 8 minutes on one H100 (expected 3-5 min, most of it start-up):
 #   * step time, peak memory (torch.cuda.max_memory_allocated) and SOP's step breakdown for
@@ -11,7 +12,7 @@
 #     ("gpu_retrieval_check" in perf.json).
 #
 # Self-contained: wheels in .whl/ (lightly, hydra-core, omegaconf, antlr4, faiss-cpu for
-# CPython 3.12; the command is in docs/performance.md) are installed to /tmp/site first and
+# CPython 3.12; `make gpu-bundle`, docs/performance.md "GPU") are installed to /tmp/site first and
 # the repository goes on PYTHONPATH. Needs torch with CUDA, timm, lightning, numpy, PyYAML
 # (matplotlib only for perf.png). Writes $OUT/perf.json (+ perf.png, perf.log); without $OUT,
 # docs/results/perf/gpu. Extra arguments are passed to sop-perf (e.g. settings=vit_small_224).

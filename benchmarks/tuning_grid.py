@@ -33,7 +33,7 @@ def temperature_overrides(method: str, temp: float) -> list[str]:
     """Teacher temperature ``temp`` in ``method``'s own form: SOP constant, DINO/iBOT warm-up 0.04 -> temp."""
     if method == "sop":
         return [f"sop.teacher_temp={temp}", f"sop.warmup_teacher_temp={temp}"]
-    return [f"{method}.temps.teacher={temp}"]
+    return [f"{method}.teacher_temp={temp}"]
 
 
 def point_overrides(method: str, lr: float, temp: float, koleo: float) -> list[str]:
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     common = [
         f"train.limit_train_images={args.images}", f"eval.holdout={args.holdout}", "eval.suite=[]",
         "eval.corruptions=[]", "eval.every_epoch=false", "eval.controls=false",
-        f"temps.warmup_steps={math.ceil(QUICK_WARMUP_FRACTION * steps)}", *args.extra,
+        f"temps.warmup_teacher_temp_steps={math.ceil(QUICK_WARMUP_FRACTION * steps)}", *args.extra,
     ]  # fmt: skip
     rows: list[dict[str, Any]] = []
     choice: dict[str, dict[str, Any]] = {}

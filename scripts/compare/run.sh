@@ -26,10 +26,13 @@ for arg in "$@"; do
 done
 warm=$(( epochs < warm ? epochs : warm ))
 for method in sop dino ibot; do
-  case "$method" in
-    sop) extra=(augmentations=global.yaml "method_kwargs.warmup_teacher_temp_epochs=$warm") ;;
-    *) extra=("method_kwargs.warmup_teacher_temperature_epochs=$warm") ;;
-  esac
+  extra=()
+  # SOP on the global crops like solo-learn's DINO, unless the dataset's configs set the crops themselves
+  [ "$method" = sop ] && [ -z "${COMPARE_KEEP_CROPS:-}" ] && extra=(augmentations=global.yaml)
+  # the one warm-up value, under each method's name for it (solo-learn's DINO has its own: docs/solo-learn.md, "Names")
+  key=warmup_teacher_temp_epochs
+  [ "$method" = dino ] && key=warmup_teacher_temperature_epochs
+  extra+=("method_kwargs.$key=$warm")
   echo "== $method -> $out/$method" >&2
   sop-solo-pretrain --config-path "$cfg" --config-name "$method.yaml" "${extra[@]}" \
     "name=$method-$dataset-compare" "checkpoint.dir=$out/$method" "csv.enabled=True" "csv.dir=$out/$method" \

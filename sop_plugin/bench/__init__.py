@@ -1,1 +1,1 @@
-"""Benchmark: SOP vs DINO vs iBOT on one shared pipeline (see DESIGN.md section 3)."""
+"""Benchmark: SOP vs DINO vs iBOT on one shared pipeline (docs/design-notes.md, README "What sop-bench writes")."""

@@ -8,10 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sop_plugin.bench.objectives import HOST_KEYS, OBJECTIVES
+from sop_plugin.bench.method_settings import method_settings
 from sop_plugin.bench.resume import resolve_resume
 from sop_plugin.core import SOPConfig
 from sop_plugin.data import DATASETS, MultiCropAugment
+from sop_plugin.methods import MaskConfig, method_names
 from sop_plugin.runtime import POLICIES
 from sop_plugin.runtime import world_size as runtime_world_size
 from sop_plugin.runtime.masking import BlockMaskGenerator
@@ -29,10 +30,10 @@ def world_size(trainer_cfg: dict[str, Any]) -> int:
 def check_config(cfg: dict[str, Any]) -> None:
     """Reject settings that cannot work, naming the key and the fix (before any data is read)."""
     if not cfg["methods"]:
-        raise ConfigError(f"methods is empty: list at least one of {sorted(OBJECTIVES)}, e.g. methods=[sop]")
-    unknown = [m for m in cfg["methods"] if m not in OBJECTIVES]
+        raise ConfigError(f"methods is empty: list at least one of {method_names()}, e.g. methods=[sop]")
+    unknown = [m for m in cfg["methods"] if m not in method_names()]
     if unknown:
-        raise ConfigError(f"methods={cfg['methods']}: unknown {unknown}; choose from {sorted(OBJECTIVES)}")
+        raise ConfigError(f"methods={cfg['methods']}: unknown {unknown}; choose from {method_names()}")
     name = str(cfg["data"]["name"]).strip().lower()
     if name not in DATASETS:
         raise ConfigError(
@@ -53,13 +54,13 @@ def check_config(cfg: dict[str, Any]) -> None:
         )
     _check_augmentation(cfg)
     _check_train(cfg)
-    if "sop" in cfg["methods"]:
+    for method in cfg["methods"]:
         try:
-            SOPConfig.from_mapping(cfg["sop"], extra=HOST_KEYS).validate(
-                cfg["train"]["batch_size"] * world_size(cfg["trainer"])
-            )
+            settings = method_settings(cfg, method, total_steps=1)
+            if isinstance(settings.config, SOPConfig):
+                settings.config.validate(cfg["train"]["batch_size"] * world_size(cfg["trainer"]))
         except ValueError as err:
-            raise ConfigError(f"sop: {err} (settings under sop.*)") from err
+            raise ConfigError(f"{method}: {err} (settings under {method}.*)") from err
 
 
 def _check_augmentation(cfg: dict[str, Any]) -> None:
@@ -68,9 +69,8 @@ def _check_augmentation(cfg: dict[str, Any]) -> None:
     sections = {"masks": cfg["masks"], **{f"{m}.masks": cfg[m]["masks"] for m in cfg["methods"] if cfg[m].get("masks")}}
     for name, mk in sections.items():
         try:
-            BlockMaskGenerator(
-                (grid, grid), mask_prob=mk["prob"], ratio=tuple(mk["ratio"]), min_block=mk.get("min_block", 4)
-            )
+            masks = MaskConfig.from_mapping(mk)
+            BlockMaskGenerator((grid, grid), masks.prob, masks.ratio, masks.min_block)
         except (TypeError, ValueError) as err:
             raise ConfigError(f"{name}: {err}: fix {name}.prob / {name}.ratio") from err
     try:

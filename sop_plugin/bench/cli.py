@@ -5,17 +5,17 @@ from __future__ import annotations
 import sop_plugin.threads  # noqa: F401  (OMP_WAIT_POLICY=PASSIVE unless set: before anything loads torch)
 
 # isort: split
-import os
 import sys
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from sop_plugin.bench.interruption import interrupted_message
 from sop_plugin.bench.runner import ConfigError, run
 from sop_plugin.data.errors import DatasetCorruptError, DatasetNotFoundError
 from sop_plugin.runtime import CheckpointError, NonFiniteLossError
+from sop_plugin.runtime.devices import is_rank_zero
 from sop_plugin.runtime.interrupt import Interrupted
+from sop_plugin.runtime.resume_message import interrupted_message
 
 #: exit status of a bad setting, missing/corrupt data or an unusable checkpoint
 EXIT_BAD_INPUT = 2
@@ -37,8 +37,8 @@ def _app(cfg: DictConfig) -> None:
         print(f"sop-bench: stopped: {err}", file=sys.stderr)
         sys.exit(EXIT_NONFINITE)
     except Interrupted as stop:
-        if int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
-            print(interrupted_message(stop, sys.argv), file=sys.stderr, flush=True)
+        if is_rank_zero():
+            print(interrupted_message("sop-bench", stop, sys.argv), file=sys.stderr, flush=True)
         sys.exit(stop.exit_code)
 
 

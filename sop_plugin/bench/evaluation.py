@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sop_plugin.runtime.knn import knn_votes
+
 SIM_BUDGET_BYTES = 256 * 1024 * 1024
 """Upper bound for one chunk of a float32 similarity matrix."""
 
@@ -65,11 +67,9 @@ def knn_top1(
 
     Each test sample takes its ``k`` most cosine-similar train samples; each
     neighbour votes for its class with weight ``exp(sim / temperature)`` (the
-    InstDisc/DINO protocol) and the class with the largest total wins. Weights
-    are computed as ``exp((sim - max_sim) / temperature)``, which rescales a
-    row's votes by one common factor (same winner) and cannot overflow for
-    small temperatures. Ties go to the lowest class index. Runs on
-    ``train_x.device``.
+    InstDisc/DINO protocol, :func:`~sop_plugin.runtime.knn.knn_votes`) and the
+    class with the largest total wins. Ties go to the lowest class index. Runs
+    on ``train_x.device``.
     """
     _check_features(train_x, train_y, "train")
     _check_features(test_x, test_y, "test")
@@ -92,9 +92,7 @@ def knn_top1(
     for start in range(0, test_x.shape[0], rows):
         query = F.normalize(test_x[start : start + rows].to(device).float(), dim=1)
         top_sim, top_idx = (query @ train.T).topk(k, dim=1)
-        weights = ((top_sim - top_sim[:, :1]) / temperature).exp()
-        votes = torch.zeros(query.shape[0], n_classes, device=device)
-        votes.scatter_add_(1, train_labels[top_idx], weights)
+        votes = knn_votes(top_sim, train_labels[top_idx], temperature, n_classes)
         correct += int((votes.argmax(dim=1) == test_labels[start : start + rows]).sum())
     return 100.0 * correct / test_x.shape[0]
 

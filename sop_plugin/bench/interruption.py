@@ -12,7 +12,8 @@ On a signal, training stops at the next batch end with a checkpoint of that step
 (:class:`~sop_plugin.runtime.interrupt.InterruptCallback`), evaluation and data loading stop
 at once; ``results.json`` then holds the methods done so far plus the ``status`` of every
 method and an ``interrupted`` record, and :class:`~sop_plugin.runtime.interrupt.Interrupted`
-reaches the CLI, which prints :func:`interrupted_message` and exits with 128 + the signal.
+reaches the CLI, which prints :func:`~sop_plugin.runtime.resume_message.interrupted_message` and exits
+with 128 + the signal.
 
 ``resume=RUN_DIR`` then keeps the results of the methods done (not retrained, not
 re-evaluated, as long as the settings that produced them are unchanged: :func:`kept_results`),
@@ -23,13 +24,13 @@ from __future__ import annotations
 
 import json
 import logging
-import shlex
 from pathlib import Path
 from typing import Any
 
+from sop_plugin.bench.flat import flatten_config
 from sop_plugin.bench.report import validate_results
 from sop_plugin.bench.resume import HARMLESS, checkpoint_path
-from sop_plugin.runtime.interrupt import InterruptCallback, Interrupted, SignalCatcher, hydra_value
+from sop_plugin.runtime.interrupt import InterruptCallback, Interrupted, SignalCatcher
 
 log = logging.getLogger("sop_bench")
 
@@ -156,17 +157,10 @@ class RunProgress:
 
 
 # ---------------------------------------------------------------------- resume
-def _flat(cfg: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(cfg, dict):
-        return {prefix: cfg}
-    out: dict[str, Any] = {}
-    for k, v in cfg.items():
-        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
 
 
 def _changed(saved: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
-    old, new = _flat(saved), _flat(cfg)
+    old, new = flatten_config(saved), flatten_config(cfg)
     ignored = (*OUTSIDE_RESULTS, *HARMLESS)
     return sorted(
         k for k in set(old) | set(new) if old.get(k) != new.get(k) and not any(k.startswith(i) for i in ignored)
@@ -203,24 +197,3 @@ def kept_results(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
     for m in done:
         log.info("resume: %s is done in %s: keeping its results", m, run_dir / "results.json")
     return {m: results["methods"][m] for m in done}
-
-
-def resume_command(argv: list[str], run_dir: Path, prog: str = "sop-bench") -> str:
-    """The command line that resumes ``run_dir``: the same overrides, ``resume=`` set to it."""
-    args = [a for a in argv[1:] if not a.lstrip("+~").startswith("resume=")]
-    return " ".join([prog, *(shlex.quote(a) for a in args), shlex.quote(f"resume={hydra_value(str(run_dir))}")])
-
-
-def interrupted_message(stop: Interrupted, argv: list[str]) -> str:
-    """The one line the CLI prints: what stopped, the checkpoint, where the results are, how to resume."""
-    parts = [f"sop-bench: {stop.describe()}"]
-    if stop.checkpoint is not None:
-        parts.append(f"checkpoint {stop.checkpoint}")
-    else:
-        parts.append("no checkpoint yet")
-    if stop.run_dir is not None:
-        results = stop.run_dir / "results.json"
-        if results.is_file():
-            parts.append(f"status in {results}")
-        return "; ".join(parts) + f"; resume with: {resume_command(argv, stop.run_dir)}"
-    return "; ".join(parts)

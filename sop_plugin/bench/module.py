@@ -10,55 +10,18 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from sop_plugin.bench.distributed import exact_ddp_centers
 from sop_plugin.bench.ema import ema_update
 from sop_plugin.bench.encoder import MaskedEncoder, build_vit
-from sop_plugin.bench.nonfinite import checkpoint_hint, describe
-from sop_plugin.bench.objectives import build_objective
+from sop_plugin.bench.method_settings import method_settings
+from sop_plugin.bench.nonfinite import checkpoint_hint
 from sop_plugin.core import NULL_TIMER, PhaseTimer, cosine_schedule, mix_seed, rank_and_world, warmup_cosine
 from sop_plugin.data.augment import EvalTransform, MultiCropAugment
-from sop_plugin.runtime import NonFiniteGuard
+from sop_plugin.methods import MethodOutput, Tokens, build_method
+from sop_plugin.runtime import NonFiniteGuard, clip_per_parameter
 from sop_plugin.runtime.masking import BlockMaskGenerator
 
 # the teacher is in eval mode on purpose (deterministic: no drop path); Lightning >= 2.4 warns about it
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
-
-
-def method_masks(cfg: dict[str, Any], method: str) -> dict[str, Any]:
-    """The block-mask settings of ``method``: its own ``<method>.masks`` (its authors'), else the shared ``masks``."""
-    return cfg[method].get("masks") or cfg["masks"]
-
-
-def recipe_summary(cfg: dict[str, Any], method: str, world: int = 1) -> dict[str, str]:
-    """What ``method`` trained with, for ``results.json`` and the report: the knobs that differ by method."""
-    own = cfg[method]
-    base_lr = (own.get("optim") or {}).get("base_lr") or cfg["optim"]["base_lr"]
-    lr = float(base_lr) * cfg["train"]["batch_size"] * world / 256
-    if method == "sop":
-        temp = (
-            f"{own['warmup_teacher_temp']:g} -> {own['teacher_temp']:g}"
-            if own["warmup_teacher_temp_steps"]
-            else f"{own['teacher_temp']:g}"
-        )
-        koleo, extra = (own["koleo_weight"], f"anchor_keep {own['anchor_keep']:g}, memory_view {own['memory_view']}")
-    else:
-        t, head = own["temps"], own["head"]
-        temp = (
-            f"{t['warmup_teacher']:g} -> {t['teacher']:g}"
-            if t["warmup_teacher"] != t["teacher"]
-            else f"{t['teacher']:g}"
-        )
-        koleo = own.get("koleo_weight", 0.0)
-        extra = (
-            f"{head['out_dim']} prototypes, norm_last_layer {head.get('norm_last_layer', True)}, "
-            f"last layer frozen {100 * float(head.get('freeze_last_layer_fraction', 0)):g} % of the run"
-        )
-    masks = (
-        "none"
-        if method == "dino"
-        else "p {prob:g}, ratio {ratio[0]:g}-{ratio[1]:g}".format(**method_masks(cfg, method))
-    )
-    return {"teacher_temp": temp, "masks": masks, "peak_lr": f"{lr:.3g}", "koleo_weight": f"{koleo:g}", "own": extra}
 
 
 class BenchModule(L.LightningModule):
@@ -74,7 +37,7 @@ class BenchModule(L.LightningModule):
     Args:
         cfg: the resolved benchmark config (``model``, ``crops``, ``masks``, ``optim``,
             ``ema``, ``train`` and the per-method section).
-        method: a name in :data:`sop_plugin.bench.objectives.OBJECTIVES`.
+        method: a registered method name (:func:`sop_plugin.methods.method_names`).
         in_chans, mean, std: image channels and normalisation of the dataset.
         total_steps: optimisation steps of the whole run (for schedules).
     """
@@ -104,7 +67,9 @@ class BenchModule(L.LightningModule):
         self.teacher = vit(0.0)
         self.teacher.load_state_dict(self.student.state_dict())
         self.teacher.requires_grad_(False).eval()
-        self.objective = build_objective(method, self.student.embed_dim, cfg[method], self.total_steps)
+        settings = method_settings(cfg, method, self.total_steps)
+        #: the method's heads, loss and schedules (:mod:`sop_plugin.methods`, the same code solo-learn runs)
+        self.objective = build_method(method, self.student.embed_dim, settings.config, settings.masks)
         self.augment = MultiCropAugment(
             global_size=crops["global_size"],
             local_size=crops["local_size"],
@@ -117,10 +82,10 @@ class BenchModule(L.LightningModule):
         )
         self.eval_transform = EvalTransform(crops["global_size"], mean=mean, std=std)
         grid = crops["global_size"] // m["patch_size"]
-        mk = method_masks(cfg, method) if self.objective.uses_masks else None
-        self.mask_gen = None if mk is None else BlockMaskGenerator(
-            (grid, grid), mask_prob=mk["prob"], ratio=tuple(mk["ratio"]), min_block=mk.get("min_block", 4)
-        )  # fmt: skip
+        masks = self.objective.masks
+        self.mask_gen = None
+        if masks is not None:
+            self.mask_gen = BlockMaskGenerator((grid, grid), masks.prob, masks.ratio, masks.min_block)
         #: the optimiser settings: shared ``optim`` with this method's ``<method>.optim`` (tuned values) on top
         own = {k: v for k, v in (cfg[method].get("optim") or {}).items() if v is not None}
         self.optim_cfg: dict[str, Any] = {**cfg["optim"], **own}
@@ -130,7 +95,6 @@ class BenchModule(L.LightningModule):
         self.nonfinite = NonFiniteGuard(
             t.get("on_nonfinite", "stop"), int(t.get("max_consecutive_skips", 10)), settings="train.", name=method
         )
-        exact_ddp_centers(self.objective)
         if not self.objective.uses_masks:  # unused without masks: DDP needs every trainable parameter used
             self.student.masked_vit.mask_token.requires_grad_(False)
         self._epoch_batches = (0, 0)  # (epoch, batches of it trained): resumes the sampler mid-epoch
@@ -203,8 +167,28 @@ class BenchModule(L.LightningModule):
         self.nonfinite.snapshot(self.objective)
         with self.timer.phase("augment_masks"):
             views, masks = self._views_and_masks(images, step)
+        image_ids = batch[2] if len(batch) > 2 else None
+        out = self.method_step(views, masks, step, image_ids)
+        b = images.shape[0]
+        loss, logs = out.loss, out.logs
+        if not self.nonfinite.check(loss, step, lambda: self.objective.explain_nonfinite(out), self._checkpoint_hint):
+            self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False, batch_size=1)
+            return loss  # its gradients are dropped in on_before_optimizer_step
+        sync = rank_and_world()[1] > 1
+        self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=b, sync_dist=sync)
+        for k, val in logs.items():
+            self.log(f"train/{k}", float(val), on_step=False, on_epoch=True, batch_size=b, sync_dist=sync)
+        return loss
+
+    def method_step(
+        self, views: list[Tensor], masks: Tensor | None, step: int, image_ids: Tensor | None = None
+    ) -> MethodOutput:
+        """The method's loss on multi-crop ``views`` (2 global first) with student ``masks`` [2, B, N].
+
+        ``image_ids`` [B]: dataset indices of the images (SOP keeps them beside its class memory).
+        """
         views = [x.to(self.device) for x in views]
-        g, b = 2, images.shape[0]
+        g = 2
         if masks is not None:
             masks = masks.to(self.device)
         s_cls_g, s_patch = self._encode(self.student, views[:g], masks)
@@ -214,24 +198,9 @@ class BenchModule(L.LightningModule):
             s_cls.append(s_cls_l)
         with torch.no_grad():
             t_cls, t_patch = self._encode(self.teacher, views[:g], None)
-        if len(batch) > 2:
-            self.objective.observe_batch(batch[2])
-        loss, logs = self.objective(
-            torch.cat(s_cls),
-            s_patch if masks is not None else None,
-            t_cls,
-            t_patch if masks is not None else None,
-            masks,
-            step,
-        )
-        if not self.nonfinite.check(loss, step, lambda: describe(self.objective, logs, loss), self._checkpoint_hint):
-            self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False, batch_size=1)
-            return loss  # its gradients are dropped in on_before_optimizer_step
-        sync = rank_and_world()[1] > 1
-        self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=True, batch_size=b, sync_dist=sync)
-        for k, val in logs.items():
-            self.log(f"train/{k}", float(val), on_step=False, on_epoch=True, batch_size=b, sync_dist=sync)
-        return loss
+        if image_ids is not None:
+            self.objective.observe_batch(image_ids)
+        return self.objective(Tokens(torch.cat(s_cls), t_cls, s_patch, t_patch, masks), step)
 
     # ------------------------------------------------------------------ non-finite losses
     @property
@@ -249,12 +218,11 @@ class BenchModule(L.LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Drop the gradients of a skipped step, clip each parameter's gradient norm, set this step's weight decay."""
         self.nonfinite.drop_gradients(optimizer)
-        clip = float(self.optim_cfg.get("clip_grad", 0.0))
+        clip_per_parameter(
+            [p for group in optimizer.param_groups for p in group["params"]],
+            float(self.optim_cfg.get("clip_grad", 0.0)),
+        )
         for group in optimizer.param_groups:
-            if clip > 0:
-                for param in group["params"]:
-                    if param.grad is not None:
-                        torch.nn.utils.clip_grad_norm_(param, clip)
             if group.get("decay_schedule"):
                 group["weight_decay"] = self.weight_decay(int(self.global_step))
 

@@ -34,12 +34,14 @@ from sop_plugin.bench.corruptions import corrupt
 from sop_plugin.bench.evals.suite import RANDOM_INIT, SuiteContext, evaluate_backbone, evaluate_controls, write_map
 from sop_plugin.bench.evaluation import knn_top1, linear_probe, raw_pixel_features, retrieval_metrics
 from sop_plugin.bench.interruption import RunProgress, kept_results
-from sop_plugin.bench.module import BenchModule, recipe_summary
+from sop_plugin.bench.machine import machine_info
+from sop_plugin.bench.method_settings import recipe_summary
+from sop_plugin.bench.module import BenchModule
 from sop_plugin.bench.plots import plot_collapse, plot_learning_curves, plot_metric_bars, plot_sop_grid, plot_suite_bars
 from sop_plugin.bench.report import suite_rows, validate_results, write_report
 from sop_plugin.bench.sampler import GlobalBatchSampler, ResumableLoader
 from sop_plugin.data import ArrayDataset, get_dataset
-from sop_plugin.runtime import AtomicCheckpointIO
+from sop_plugin.runtime import AtomicCheckpointIO, is_rank_zero
 
 log = logging.getLogger("sop_bench")
 
@@ -333,7 +335,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any] | None:
         torch.set_num_threads(int(cfg["threads"]))
     out = Path(cfg["out"] or os.environ.get(OUT_ENV) or _default_out(cfg))
     cfg["out"] = str(out)
-    is_rank0 = int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+    is_rank0 = is_rank_zero()
     if is_rank0:
         make_out_dir(out)
     with RunProgress(cfg, out, write=is_rank0) as progress:
@@ -407,13 +409,16 @@ def _run_methods(
     results = progress.results()
     results["recipe"] = {
         "name": cfg.get("recipe", "authors"),
-        "methods": {m: recipe_summary(cfg, m, world_size(cfg["trainer"])) for m in methods},
+        "methods": {
+            m: recipe_summary(cfg, m, total_steps(cfg, len(train)), world_size(cfg["trainer"])) for m in methods
+        },
     }
     with progress.immediate("evaluation"):
         if suite.which and suite.controls:
             results["controls"] = evaluate_controls(cfg, suite, "cuda" if torch.cuda.is_available() else "cpu")
         if "embedding_map" in suite.which:
             results["embedding_map"] = write_map(suite, [*methods, *([RANDOM_INIT] if suite.controls else [])])
+    results["machine"] = machine_info()
     validate_results(results)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     plot_learning_curves({m: r["knn_curve_subset"] for m, r in methods.items()}, floor, out / "knn_curve.png")

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sop_plugin.bench.flat import flatten_config
 from sop_plugin.bench.plots import plot_sweep
 from sop_plugin.bench.report import validate_results
 
@@ -28,16 +29,6 @@ def _get(cfg: dict[str, Any], dotted: str) -> Any:
             raise KeyError(f"config has no {dotted!r}")
         cfg = cfg[part]
     return cfg
-
-
-def flatten_config(cfg: Any, prefix: str = "") -> dict[str, Any]:
-    """A nested config as ``{dotted.key: value}``."""
-    if not isinstance(cfg, dict):
-        return {prefix: cfg}
-    flat: dict[str, Any] = {}
-    for k, v in cfg.items():
-        flat.update(flatten_config(v, f"{prefix}.{k}" if prefix else k))
-    return flat
 
 
 def load_runs(

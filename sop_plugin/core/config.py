@@ -14,7 +14,10 @@ from sop_plugin.core.retrieval import RETRIEVAL_BACKENDS
 
 @dataclass
 class SOPConfig:
-    """Every SOP hyper-parameter; defaults follow DESIGN.md section 1 / the reference code."""
+    """Every SOP hyper-parameter; defaults follow the paper (Silva et al., ICML 2025) and the authors' code.
+
+    Recipes and sources: ``docs/design-notes.md``.
+    """
 
     dim: int = 256  # head bottleneck = memory dimension
     head_hidden_dim: int = 2048
@@ -48,28 +51,9 @@ class SOPConfig:
     def from_mapping(cls, values: Mapping[str, Any], extra: Iterable[str] = ()) -> SOPConfig:
         """Build from a mapping of field names (a hydra/OmegaConf node works), cast and validated.
 
-        Keys in ``extra`` belong to the host and are ignored; any other unknown key is an error
-        (a typo must not silently fall back to a default).
+        Keys in ``extra`` belong to the host and are ignored; any other unknown key is an error.
         """
-        known, ignored = set(cls.field_names()), set(extra)
-        unknown = sorted(set(values) - known - ignored)
-        if unknown:
-            raise ValueError(f"unknown SOP setting(s) {unknown}; known: {sorted(known | ignored)}")
-        kwargs: dict[str, Any] = {}
-        errors: list[str] = []
-        for f in dataclasses.fields(cls):
-            if f.name not in values:
-                continue
-            value, kind = values[f.name], {"int": int, "float": float, "str": str}[str(f.type)]
-            try:
-                if kind is int and float(value) != int(float(value)):
-                    raise ValueError("not a whole number")
-                kwargs[f.name] = kind(float(value)) if kind is int else kind(value)
-            except (TypeError, ValueError):
-                errors.append(f"{f.name}={value!r} must be of type {kind.__name__}")
-        if errors:
-            raise ValueError("invalid SOP settings:\n  - " + "\n  - ".join(errors))
-        return cls(**kwargs).validate()
+        return cls(**typed_fields(cls, values, extra, "SOP")).validate()
 
     def validate(self, global_batch_size: int | None = None) -> SOPConfig:
         """Raise ``ValueError`` naming the setting and the fix for any inconsistent value."""
@@ -121,3 +105,47 @@ class SOPConfig:
         if errors:
             raise ValueError("invalid SOP settings:\n  - " + "\n  - ".join(errors))
         return self
+
+
+def typed_fields(cls: type, values: Mapping[str, Any], extra: Iterable[str] = (), what: str = "") -> dict[str, Any]:
+    """The fields of dataclass ``cls`` found in ``values``, cast to their declared types.
+
+    Keys in ``extra`` belong to the host and are skipped; any other unknown key is an error
+    (a typo must not silently fall back to a default). Every problem is listed in one ``ValueError``.
+    """
+    fields = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields) - set(extra))
+    if unknown:
+        raise ValueError(f"unknown {what} setting(s) {unknown}; known: {sorted(set(fields) | set(extra))}")
+    kwargs: dict[str, Any] = {}
+    errors: list[str] = []
+    for name, kind in fields.items():
+        if name not in values:
+            continue
+        try:
+            kwargs[name] = _cast(values[name], kind)
+        except (TypeError, ValueError):
+            errors.append(f"{name}={values[name]!r} must be of type {kind}")
+    if errors:
+        raise ValueError(f"invalid {what} settings:\n  - " + "\n  - ".join(errors))
+    return kwargs
+
+
+def _cast(value: Any, kind: str) -> Any:
+    """``value`` as the declared field type ``kind`` (int, float, str, bool or a 2-tuple of floats)."""
+    if kind == "int":
+        if float(value) != int(float(value)):
+            raise ValueError("not a whole number")
+        return int(float(value))
+    if kind == "float":
+        return float(value)
+    if kind == "str":
+        return str(value)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise TypeError("not true or false")
+        return value
+    pair = tuple(float(v) for v in value)
+    if len(pair) != 2:
+        raise ValueError("not a pair")
+    return pair

@@ -2,7 +2,11 @@
 
 Usage: ``sop-perf [out=DIR] [settings=vit_tiny_28,vit_tiny_224,quick_28] [repeats=N] [warmup=N]
 [memories=8192,65536,1048576] [queries=64,256,512] [k=8] [device=auto|cpu|cuda]
-[threads=N] [isolate=auto|true|false] [parts=step,retrieval,design]``
+[threads=N] [isolate=auto|true|false] [parts=step,retrieval,design,agreement]
+[check_queries=1000] [profile_steps=2]``
+
+``parts=agreement`` checks the neighbours found on ``device`` against an exact CPU search for each of
+``memories`` (``check_queries`` anchors); it is not in the default parts.
 
 Writes ``DIR/perf.json`` (layout in docs/performance.md) and ``DIR/perf.png``. Runs with
 ``OMP_WAIT_POLICY=PASSIVE`` unless the environment sets a policy (``sop_plugin.threads``).
@@ -28,10 +32,18 @@ from typing import Any
 import torch
 
 from sop_plugin.perf.breakdown import CATEGORIES
-from sop_plugin.perf.retrieval import auto_check, design_choices, gpu_retrieval_check, retrieval_table
-from sop_plugin.perf.settings import get_setting, resolve_config
-from sop_plugin.perf.step import METHODS, peak_memory, quiet_lightning, time_methods
-from sop_plugin.perf.timing import in_thread
+from sop_plugin.perf.retrieval import (
+    auto_check,
+    design_choices,
+    gpu_retrieval_check,
+    retrieval_agreement,
+    retrieval_table,
+)
+from sop_plugin.perf.settings import METHODS, get_setting, resolve_config
+from sop_plugin.perf.timing import in_thread, quiet_lightning
+
+# sop_plugin.perf.step (the benchmark's module: Lightning, timm, lightly) is imported where the step part
+# runs, so that parts=retrieval / agreement start in seconds
 
 log = logging.getLogger("sop_perf")
 
@@ -67,7 +79,11 @@ ARGS: dict[str, tuple[Callable[[str], Any], Any]] = {
     "isolate": (str, "auto"),
     "parts": (_words, ["step", "retrieval", "design"]),
     "methods": (_words, list(METHODS)),
+    "check_queries": (int, 1000),
+    "profile_steps": (int, 2),
 }
+
+PARTS = ("step", "retrieval", "design", "agreement")
 
 
 def parse_args(argv: list[str]) -> dict[str, Any]:
@@ -87,6 +103,9 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
         opts["settings"] = gpu if opts["device"].type == "cuda" else ["vit_tiny_28", "vit_tiny_224", "quick_28"]
     for name in opts["settings"]:
         get_setting(name)
+    unknown = [p for p in opts["parts"] if p not in PARTS]
+    if unknown:
+        raise ValueError(f"parts={opts['parts']}: unknown {unknown}; choose from {list(PARTS)}")
     bad = [m for m in opts["methods"] if m not in METHODS]
     if bad or "sop" not in opts["methods"]:
         raise ValueError(f"methods={opts['methods']}: need sop and only names from {list(METHODS)}")
@@ -132,6 +151,8 @@ def _summarise_breakdown(steps: list[dict[str, float]]) -> dict[str, Any]:
 
 def run_setting(name: str, opts: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Step timing, peak memory and SOP's breakdown of one setting."""
+    from sop_plugin.perf.step import peak_memory, time_methods
+
     setting = get_setting(name)
     cfg = resolve_config(setting)
     device = opts["device"]
@@ -140,7 +161,16 @@ def run_setting(name: str, opts: dict[str, Any]) -> tuple[dict[str, Any], dict[s
     steps = opts["repeats"] if opts["repeats"] is not None else setting.steps
     isolate = {"auto": device.type == "cpu", "true": True, "false": False}[opts["isolate"]]
     log.info("step timing %s: %s, %d warm-up + %d timed steps per method", name, setting.description, warmup, steps)
-    timing = time_methods(cfg, setting.channels, device, warmup, steps, methods, breakdown_steps=max(3, steps // 2))
+    timing = time_methods(
+        cfg,
+        setting.channels,
+        device,
+        warmup,
+        steps,
+        methods,
+        breakdown_steps=max(3, steps // 2),
+        profile_steps=opts["profile_steps"],
+    )
     log.info("peak memory %s (%s)", name, "a fresh process per method" if isolate else "in process")
     peaks = peak_memory(cfg, methods, setting.channels, device, isolate)
     out: dict[str, Any] = {
@@ -161,6 +191,15 @@ def run_setting(name: str, opts: dict[str, Any]) -> tuple[dict[str, Any], dict[s
             "min_s": min(rec.wall),
             "steps_s": rec.wall,
         }
+        if rec.gpu:  # CUDA: the device-side span of each timed step (CUDA events)
+            out[m]["gpu_median_s"] = statistics.median(rec.gpu)
+            out[m]["gpu_steps_s"] = rec.gpu
+        if rec.kernel:  # CUDA: summed kernel time of the profiled steps, against the (unprofiled) step time
+            out[m]["kernel_median_s"] = statistics.median(rec.kernel)
+            out[m]["kernel_steps_wall_s"] = rec.kernel_wall  # the profiled steps themselves (profiler overhead)
+            out[m]["gpu_busy_fraction"] = out[m]["kernel_median_s"] / out[m]["median_s"]
+        elif device.type == "cuda" and opts["profile_steps"] > 0:
+            out[m]["kernel_error"] = rec.kernel_error or "no profiled step"
     for other in ("ibot", "dino"):
         if other in methods:
             out[f"ratio_sop_over_{other}"] = out["sop"]["median_s"] / out[other]["median_s"]
@@ -192,7 +231,7 @@ def check_targets(perf: dict[str, Any]) -> dict[str, Any]:
         put(f"{s}.ratio_sop_over_dino", rec.get("ratio_sop_over_dino"), LIMITS["ratio_sop_over_dino"])
         if "ibot" in rec:
             put(f"{s}.peak_mb_sop_over_ibot", rec["sop"]["peak_mb"] / rec["ibot"]["peak_mb"], 1.0)
-        if s.endswith("_224"):
+        if "_224" in s:
             put(f"{s}.retrieval_fraction", rec.get("retrieval_fraction"), LIMITS["retrieval_fraction"])
     for mem, chk in perf.get("auto_check", {}).items():
         put(f"auto_{mem}.ratio_to_fastest", chk["ratio"], LIMITS["auto_ratio"])
@@ -237,6 +276,18 @@ def run(opts: dict[str, Any], argv: list[str]) -> dict[str, Any]:
         if device.type == "cuda":
             perf["gpu_retrieval_check"] = gpu_retrieval_check()
         _write(perf, out_dir)
+    if "agreement" in opts["parts"]:
+        log.info(
+            "retrieval agreement: memories %s, %d queries, k=%d on %s against torch on the CPU",
+            opts["memories"],
+            opts["check_queries"],
+            opts["k"],
+            device,
+        )
+        perf["agreement"] = in_thread(
+            retrieval_agreement, opts["memories"], opts["check_queries"], opts["k"], device, opts["retrieval_repeats"]
+        )
+        _write(perf, out_dir)
     if "design" in opts["parts"]:
         log.info("design choices: searching a memory that changes every step (CPU)")
         perf["design_choices"] = in_thread(design_choices, 65536, 4, 64, opts["k"], opts["retrieval_repeats"])
@@ -263,18 +314,41 @@ def summary(perf: dict[str, Any]) -> str:
     """A few lines for the console."""
     lines = []
     for s, rec in perf["step"].items():
-        parts = [f"{m} {rec[m]['median_s']:.3f} s / {rec[m]['peak_mb']:.0f} MiB" for m in METHODS if m in rec]
+        parts = [_step_text(rec[m], m) for m in METHODS if m in rec]
         ratios = [f"{k.removeprefix('ratio_')} {v:.3f}" for k, v in rec.items() if k.startswith("ratio_")]
         frac = rec.get("retrieval_fraction")
         tag = "" if rec.get("target_setting", True) else " (reference, no targets)"
         lines.append(
             f"{s}{tag}: " + ", ".join(parts + ratios) + (f", retrieval {frac:.1%}" if frac is not None else "")
         )
+    for r in perf.get("agreement", []):
+        lines.append(_agreement_text(r))
     if perf.get("auto_choice"):
         lines.append("auto: " + ", ".join(f"{m} rows -> {b}" for m, b in perf["auto_choice"].items()))
     for name, t in perf.get("targets", {}).items():
         lines.append(f"  {'ok  ' if t['met'] else 'MISS'} {name} = {t['value']:.4g} (limit {t['limit']})")
     return "\n".join(lines)
+
+
+def _step_text(rec: dict[str, Any], method: str) -> str:
+    text = f"{method} {rec['median_s']:.3f} s"
+    if "gpu_median_s" in rec:
+        text += f" (GPU events {rec['gpu_median_s']:.3f} s"
+        if "gpu_busy_fraction" in rec:
+            text += f", kernels {rec['gpu_busy_fraction']:.0%} busy"
+        text += ")"
+    return text + f" / {rec['peak_mb']:.0f} MiB"
+
+
+def _agreement_text(r: dict[str, Any]) -> str:
+    head = f"agreement {r['backend']} on {r['device']}, {r['memory']} rows, {r['queries']} queries"
+    if not r.get("available", False):
+        return f"{head}: unavailable ({r.get('reason', '?')})"
+    return (
+        f"{head}: {r['median_s'] * 1e3:.2f} ms (CPU reference {r['reference_s'] * 1e3:.1f} ms), "
+        f"agreement {r['index_agreement']:.5f}, ties aside {r['agreement_ties_aside']:.5f}, "
+        f"excluded returned: {r['excluded_returned']}"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,6 +14,9 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
+#: the methods ``sop-perf`` times, in report order
+METHODS = ("sop", "ibot", "dino")
+
 
 @dataclass(frozen=True)
 class PerfSetting:
@@ -42,7 +45,7 @@ class PerfSetting:
 _VIT_TINY = ("model.embed_dim=192", "model.depth=12", "model.num_heads=3")
 _TINY = (
     "model.patch_size=4 model.embed_dim=32 model.depth=1 model.num_heads=2 crops.global_size=16 crops.local_size=8 "
-    "crops.num_local=1 train.batch_size=8 head.hidden_dim=64 dino.head.out_dim=128 ibot.head.out_dim=128 "
+    "crops.num_local=1 train.batch_size=8 head.head_hidden_dim=64 dino.num_prototypes=128 ibot.num_prototypes=128 "
     "sop.class_memory_size=256 sop.patch_memory_size=256 sop.class_num_anchors=8 sop.patch_num_anchors=16"
 ).split()
 
@@ -103,6 +106,16 @@ PERF_SETTINGS: dict[str, PerfSetting] = {
             steps=10,
             description="the full (GPU) profile: ViT-S/16 at 224 px, batch 64, 2x224 + 10x96 px crops, "
             "SOP class memory 65,536, DINO 65,536 / iBOT 8,192 prototypes (bf16 on GPU)",
+        ),
+        PerfSetting(
+            "vit_small_224_b128",
+            ("profile=full", "train.batch_size=128", "~crops.extra"),
+            channels=3,
+            warmup=3,
+            steps=10,
+            description="vit_small_224 at batch 128 per GPU, so that the GPU rather than the host sets the pace: "
+            "ViT-S/16 at 224 px, 2x224 + 10x96 px crops, SOP class memory 65,536, DINO 65,536 / iBOT 8,192 "
+            "prototypes (bf16 on GPU; benchmarks/gpu_run.sh)",
         ),
         PerfSetting(
             "tiny",

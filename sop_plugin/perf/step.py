@@ -9,6 +9,11 @@ round-robin order), so the methods are interleaved and share a loaded machine's
 fluctuations fairly; a trainer sets up before the turns start and keeps the baton
 through its tear-down, so neither overlaps another trainer's step.
 
+On CUDA each timed step is also timed by CUDA events on the device (``StepTiming.gpu``), and
+``profile_steps`` untimed steps after the timed ones are run under torch.profiler to sum the GPU's
+kernel time (``StepTiming.kernel``): a step whose kernel time is far below its wall time waits for
+the host, one whose kernel time is close to it is set by the GPU.
+
 Peak memory is measured per method on its own: process RSS (VmHWM) in a fresh process
 on CPU (glibc's mmap threshold fixed, see :data:`MALLOC_ENV`), ``torch.cuda.max_memory_allocated``
 above the pre-build level on GPU.
@@ -17,7 +22,6 @@ above the pre-build level on GPU.
 from __future__ import annotations
 
 import gc
-import logging
 import multiprocessing as mp
 import os
 import statistics
@@ -34,17 +38,31 @@ from torch.utils.data import DataLoader, Dataset
 from sop_plugin.bench.callbacks import peak_rss_mb, reset_peak_rss
 from sop_plugin.bench.module import BenchModule
 from sop_plugin.perf.breakdown import attach, split_step
-from sop_plugin.perf.timing import Stopwatch, in_thread, sync
+from sop_plugin.perf.settings import METHODS
+from sop_plugin.perf.timing import EventSpan, KernelClock, Stopwatch, in_thread, quiet_lightning, sync
 
-METHODS = ("sop", "ibot", "dino")
+__all__ = ["METHODS", "StepTiming", "measure_peak", "peak_memory", "quiet_lightning", "time_methods"]
 
 
 @dataclass
 class StepTiming:
-    """Per-step wall and process-CPU seconds of one method (timed steps only)."""
+    """Per-step seconds of one method.
+
+    Attributes:
+        wall: wall-clock seconds of each timed step (synchronised on CUDA).
+        cpu: process CPU seconds of each timed step.
+        gpu: CUDA-event seconds of each timed step (empty off CUDA).
+        kernel: GPU kernel seconds of each profiled step (after the timed ones; empty off CUDA).
+        kernel_wall: wall seconds of the same profiled steps.
+        kernel_error: why kernel timing is missing, where the profiler failed.
+    """
 
     wall: list[float] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)
+    gpu: list[float] = field(default_factory=list)
+    kernel: list[float] = field(default_factory=list)
+    kernel_wall: list[float] = field(default_factory=list)
+    kernel_error: str | None = None
 
 
 class _SameBatch(Dataset):
@@ -86,12 +104,6 @@ def fit(
     trainer.fit(module, DataLoader(_SameBatch(batch, steps), batch_size=None))
 
 
-def quiet_lightning() -> None:
-    """Keep Lightning's per-trainer banners ("GPU available", tips) out of the output."""
-    for name in ("lightning.pytorch", "lightning.fabric", "faiss.loader"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
 # ---------------------------------------------------------------------------- turn taking
 
 
@@ -128,10 +140,11 @@ class Baton:
 
 
 class PerfCallback(L.Callback):
-    """Waits for its turn, times each step (wall and CPU) and optionally SOP's breakdown.
+    """Waits for its turn, times each step (wall, CPU, CUDA events) and optionally SOP's breakdown.
 
-    Steps before ``warmup`` are untimed; the breakdown timers ride along from ``breakdown_from``
-    (on CUDA they synchronise, so they start after the timed steps there).
+    Steps before ``warmup`` are untimed; the ``profile_steps`` steps after the timed ones sum the GPU's
+    kernel time (CUDA only); the breakdown timers ride along from ``breakdown_from`` (on CUDA they
+    synchronise, so they start after the timed and profiled steps there).
     """
 
     def __init__(
@@ -142,14 +155,19 @@ class PerfCallback(L.Callback):
         warmup: int,
         timed: int,
         breakdown_from: int | None = None,
+        profile_steps: int = 0,
     ) -> None:
         self.name, self.baton, self.device = name, baton, device
         self.warmup, self.timed, self.breakdown_from = warmup, timed, breakdown_from
+        self.profile_steps = profile_steps if device.type == "cuda" else 0
         self.ready = threading.Event()
         self.record = StepTiming()
         self.breakdown: list[dict[str, float]] = []
         self.fractions: list[float] = []
         self.timer = Stopwatch(device)
+        self.events = EventSpan(device)
+        self.kernels = KernelClock()
+        self._profiling = False
         self._stack: Any = None
         self._t0 = self._c0 = self._mark = 0.0
 
@@ -161,7 +179,12 @@ class PerfCallback(L.Callback):
             self._stack = attach(module, self.timer)
         self.timer.pop()
         sync(self.device)
+        first_profiled = self.warmup + self.timed
+        self._profiling = first_profiled <= batch_idx < first_profiled + self.profile_steps
+        if self._profiling:
+            self.kernels.start()
         self._t0, self._c0 = time.perf_counter(), time.process_time()
+        self.events.start()
 
     def on_before_backward(self, trainer: L.Trainer, module: Any, loss: Tensor) -> None:
         if self._stack is not None:
@@ -174,8 +197,15 @@ class PerfCallback(L.Callback):
             self._mark = now
 
     def on_train_batch_end(self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.events.stop()
         sync(self.device)
         wall, cpu = time.perf_counter() - self._t0, time.process_time() - self._c0
+        if self._profiling:
+            busy = self.kernels.stop()
+            if busy is not None:
+                self.record.kernel.append(busy)
+                self.record.kernel_wall.append(wall)
+            self.record.kernel_error = self.kernels.error
         if self._stack is not None:
             self.timer.totals["optimizer_ema"] += time.perf_counter() - self._mark
             raw = self.timer.pop()
@@ -185,6 +215,9 @@ class PerfCallback(L.Callback):
         if self.warmup <= batch_idx < self.warmup + self.timed:
             self.record.wall.append(wall)
             self.record.cpu.append(cpu)
+            gpu = self.events.seconds()
+            if gpu is not None:
+                self.record.gpu.append(gpu)
         last = batch_idx + 1 >= trainer.max_steps
         if self.baton is not None and not last:
             self.baton.pass_on(self.name)
@@ -203,20 +236,29 @@ def time_methods(
     steps: int,
     methods: tuple[str, ...] = METHODS,
     breakdown_steps: int = 3,
+    profile_steps: int = 2,
 ) -> dict[str, Any]:
     """Interleaved step timing of ``methods`` plus SOP's per-category breakdown.
 
     Returns ``{"steps": {method: StepTiming}, "breakdown": [per-step category seconds],
     "retrieval_fraction": median per-step share of retrieval in SOP's step}``. On CPU the
     breakdown timers ride along the timed SOP steps (microseconds, no synchronisation); on
-    CUDA ``breakdown_steps`` extra SOP steps carry them.
+    CUDA ``profile_steps`` extra steps per method measure the GPU's kernel time and then
+    ``breakdown_steps`` extra SOP steps carry the breakdown timers.
     """
     batch = make_batch(cfg, channels)
     baton = Baton(list(methods))
     inline = device.type != "cuda"
+    profiled = 0 if inline else max(0, profile_steps)
     callbacks = {
         m: PerfCallback(
-            m, baton, device, warmup, steps, breakdown_from=(0 if inline else warmup + steps) if m == "sop" else None
+            m,
+            baton,
+            device,
+            warmup,
+            steps,
+            breakdown_from=(0 if inline else warmup + steps + profiled) if m == "sop" else None,
+            profile_steps=profiled,
         )
         for m in methods
     }
@@ -224,7 +266,7 @@ def time_methods(
 
     def run(m: str) -> None:
         try:
-            extra = 0 if inline or m != "sop" else breakdown_steps
+            extra = profiled + (0 if inline or m != "sop" else breakdown_steps)
             fit(build_module(cfg, m, channels), batch, warmup + steps + extra, device, [callbacks[m]])
             gc.collect()  # the finished trainer's memory goes while it still holds the baton
         except BaseException as err:  # noqa: BLE001 - re-raised in the main thread

@@ -1,7 +1,8 @@
-"""How many processes a Lightning ``devices`` / ``num_nodes`` setting starts (both hosts)."""
+"""How many processes a Lightning ``devices`` / ``num_nodes`` setting starts, and which one is first (both hosts)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,3 +24,11 @@ def num_devices(devices: Any) -> int:
 def world_size(devices: Any = 1, num_nodes: Any = 1) -> int:
     """Processes of a run: devices per node x nodes."""
     return num_devices(devices) * max(1, int(num_nodes or 1))
+
+
+def is_rank_zero() -> bool:
+    """Whether this process is DDP's first (or the only) one, from ``LOCAL_RANK`` and ``NODE_RANK``.
+
+    Read from the environment: the hosts also ask where no Trainer is at hand (before one is built, after it is gone).
+    """
+    return int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0

@@ -1,6 +1,6 @@
 """iBOT-style block-wise masks for the student's global views.
 
-Per image, with probability ``mask_prob``, a target ratio r ~ U(ratio) of the patch
+Per image, with probability ``prob``, a target ratio r ~ U(ratio) of the patch
 grid is covered by random rectangles (area and log-uniform aspect ratio drawn per
 block) until the target is met or no block fits; other images stay unmasked.
 """
@@ -18,9 +18,11 @@ from torch import Tensor
 class BlockMaskGenerator:
     """Draws boolean patch masks [B, H*W] (True = masked) from an explicit generator.
 
+    The settings are a method's :class:`~sop_plugin.methods.MaskConfig` (its authors' defaults live there).
+
     Args:
         grid: patch grid (H, W) of a global view.
-        mask_prob: probability that an image is masked at all.
+        prob: probability that an image is masked at all.
         ratio: (min, max) fraction of patches to mask in a masked image.
         min_block: smallest block area in patches.
         aspect: (min, max) block aspect ratio h / w.
@@ -30,20 +32,20 @@ class BlockMaskGenerator:
     def __init__(
         self,
         grid: tuple[int, int],
-        mask_prob: float = 0.5,
-        ratio: tuple[float, float] = (0.1, 0.5),
-        min_block: int = 4,
+        prob: float,
+        ratio: tuple[float, float],
+        min_block: int,
         aspect: tuple[float, float] = (0.3, 1 / 0.3),
         max_attempts: int = 10,
     ) -> None:
-        if not 0.0 <= mask_prob <= 1.0:
-            raise ValueError(f"mask_prob must be in [0, 1], got {mask_prob}")
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"prob must be in [0, 1], got {prob}")
         if not 0.0 <= ratio[0] <= ratio[1] < 1.0:
             raise ValueError(f"mask ratio must satisfy 0 <= min <= max < 1, got {ratio}")
         if grid[0] < 1 or grid[1] < 1:
             raise ValueError(f"patch grid must be positive, got {grid}")
         self.grid = grid
-        self.mask_prob = mask_prob
+        self.prob = prob
         self.ratio = ratio
         self.min_block = max(1, min(min_block, grid[0] * grid[1]))
         self.log_aspect = (math.log(aspect[0]), math.log(aspect[1]))
@@ -88,7 +90,7 @@ class BlockMaskGenerator:
         rng = random.Random(int(torch.randint(0, 2**62, (), generator=generator)))
         out = np.zeros((batch_size, *self.grid), dtype=bool)
         for i in range(batch_size):
-            if rng.random() >= self.mask_prob:
+            if rng.random() >= self.prob:
                 continue
             r = rng.uniform(self.ratio[0], self.ratio[1])
             self._fill(out[i], int(r * self.num_patches), rng)

@@ -1,4 +1,5 @@
-"""solo-learn binding of SOP: importing this package registers ``METHODS["sop"]`` and ``METHODS["ibot"]``.
+"""solo-learn binding of SOP: importing this package registers ``METHODS["sop"]``, ``METHODS["ibot"]`` and the
+``vit_custom`` backbone.
 
 solo-learn is an optional extra of sop-plugin (only this package imports it). Its
 version 1.0.6 is not on PyPI; install it from its git repository first (see the
@@ -25,8 +26,10 @@ except ImportError as exc:  # solo-learn missing, or installed but not importabl
         "see the README section 'With solo-learn'."
     ) from exc
 
+from sop_plugin.solo.backbones import register_backbones
 from sop_plugin.solo.ibot_method import IBOT
-from sop_plugin.solo.sop_method import METHOD_KWARGS_DEFAULTS, SOLO_ONLY_KEYS, SOP
+from sop_plugin.solo.settings import SHARED_KEYS
+from sop_plugin.solo.sop_method import METHOD_KWARGS_DEFAULTS, SOP
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +38,8 @@ PLUGIN_METHODS = {"sop": SOP, "ibot": IBOT}
 
 
 def register() -> None:
-    """Register :class:`SOP` and :class:`IBOT` in ``solo.methods.METHODS`` (idempotent)."""
+    """Register :class:`SOP` and :class:`IBOT` in ``solo.methods.METHODS`` and the ``vit_custom`` backbone (idempotent)."""
+    register_backbones()
     for name, cls in PLUGIN_METHODS.items():
         current = METHODS.get(name)
         if current is cls:
@@ -47,4 +51,4 @@ def register() -> None:
 
 register()
 
-__all__ = ["IBOT", "METHOD_KWARGS_DEFAULTS", "PLUGIN_METHODS", "SOLO_ONLY_KEYS", "SOP", "register"]
+__all__ = ["IBOT", "METHOD_KWARGS_DEFAULTS", "PLUGIN_METHODS", "SHARED_KEYS", "SOP", "register"]

@@ -34,6 +34,7 @@ import lightning.pytorch
 import torch
 from lightning.pytorch import Trainer
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from solo.utils.misc import omegaconf_select
 
 from sop_plugin.runtime import AtomicCheckpointIO, RNGStateCheckpoint, load_checkpoint, num_devices
 from sop_plugin.runtime.checkpoint import safe_globals
@@ -46,15 +47,9 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 _NO_WEIGHTS_ONLY = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"  # torch >= 2.6: full unpickling where weights_only is unset
 
 
-def _select(cfg: DictConfig, key: str, default: Any = None) -> Any:
-    from solo.utils.misc import omegaconf_select
-
-    return omegaconf_select(cfg, key, default)
-
-
 def trust_checkpoint(cfg: DictConfig) -> bool:
     """``++trust_checkpoint=True``: load checkpoints holding arbitrary pickled objects (runs their code)."""
-    value = _select(cfg, "trust_checkpoint", False)
+    value = omegaconf_select(cfg, "trust_checkpoint", False)
     if not isinstance(value, bool):
         raise ValueError(f"trust_checkpoint={value!r} must be True or False")
     return value
@@ -63,7 +58,7 @@ def trust_checkpoint(cfg: DictConfig) -> bool:
 def parse_with_devices(parse_fn: Callable[[DictConfig], DictConfig], cfg: DictConfig) -> DictConfig:
     """Run solo-learn's ``parse_fn`` (which needs ``len(cfg.devices)``) with any ``devices``."""
     OmegaConf.set_struct(cfg, False)
-    devices = _select(cfg, "devices", 1)
+    devices = omegaconf_select(cfg, "devices", 1)
     if not isinstance(devices, ListConfig):
         cfg.devices = list(range(num_devices(devices)))
     cfg = parse_fn(cfg)
@@ -106,9 +101,14 @@ def check_backbone(backbone: torch.nn.Module, weights: dict[str, torch.Tensor], 
         raise ValueError(f"the backbone weights {differ[:8]} were not loaded from {path}")
 
 
-def load_backbone_weights(backbone: torch.nn.Module, ckpt_path: str | Path, trusted: bool = False) -> None:
-    """Load the ``backbone.*`` weights of a solo-learn (or SOP) checkpoint into ``backbone``, all of them."""
-    weights = backbone_state(ckpt_path, trusted)
+def load_backbone_weights(
+    backbone: torch.nn.Module,
+    ckpt_path: str | Path,
+    trusted: bool = False,
+    weights: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Load all ``backbone.*`` weights of a solo-learn (or SOP) checkpoint into ``backbone`` (``weights``: read already)."""
+    weights = backbone_state(ckpt_path, trusted) if weights is None else weights
     backbone.load_state_dict({k: v for k, v in weights.items() if k in backbone.state_dict()}, strict=False)
     check_backbone(backbone, weights, str(ckpt_path))
 
@@ -252,13 +252,14 @@ class Attachment:
     def eval_crop(self) -> tuple[int, Sequence[float], Sequence[float]]:
         """Crop size, mean and std of evaluation: the first training augmentation's (pretraining) or
         ``data.augmentations`` (linear evaluation); 224 and ImageNet statistics where not given."""
-        aug = self.cfg.augmentations[0] if self.kind == "pretrain" else _select(self.cfg, "data.augmentations", {})
+        pretrain = self.kind == "pretrain"
+        aug = self.cfg.augmentations[0] if pretrain else omegaconf_select(self.cfg, "data.augmentations", {})
         aug = aug or {}
         return int(aug.get("crop_size", 224)), aug.get("mean", _IMAGENET_MEAN), aug.get("std", _IMAGENET_STD)
 
     def prepare_data(self, original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         call = inspect.signature(original).bind(*args, **kwargs)
-        call.arguments.setdefault("download", bool(_select(self.cfg, "data.download", False)))
+        call.arguments.setdefault("download", bool(omegaconf_select(self.cfg, "data.download", False)))
         call.apply_defaults()
         a = call.arguments
         crop, mean, std = self.eval_crop()
@@ -272,7 +273,7 @@ class Attachment:
 
     def prepare_datasets(self, original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         call = inspect.signature(original).bind(*args, **kwargs)
-        call.arguments.setdefault("download", bool(_select(self.cfg, "data.download", False)))
+        call.arguments.setdefault("download", bool(omegaconf_select(self.cfg, "data.download", False)))
         return original(*call.args, **call.kwargs)
 
     # -- the Trainer
@@ -289,12 +290,12 @@ class Attachment:
         strategy = kwargs.get("strategy")
         if strategy is None:
             kwargs["strategy"] = "auto"
-        elif _select(cfg, "method") == "sop" and (strategy == "ddp" or type(strategy) is DDPStrategy):
+        elif omegaconf_select(cfg, "method") == "sop" and (strategy == "ddp" or type(strategy) is DDPStrategy):
             kwargs["strategy"] = DDPStrategy(find_unused_parameters=False, broadcast_buffers=False)
         logger = kwargs.get("logger")
         if logger is None:  # solo-learn's scripts pass None without wandb: the cfg's ``logger`` then
-            logger = _select(cfg, "logger", None)
-        if _select(cfg, "csv.enabled", False) and logger is not False:
+            logger = omegaconf_select(cfg, "logger", None)
+        if omegaconf_select(cfg, "csv.enabled", False) and logger is not False:
             others = [] if logger in (None, True) else list(logger) if isinstance(logger, (list, tuple)) else [logger]
             logger = [*others, CSVLogger(save_dir=str(cfg.csv.dir), name=str(cfg.name))]
         kwargs["logger"] = logger

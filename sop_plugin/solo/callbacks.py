@@ -22,7 +22,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback
+from solo.utils.misc import omegaconf_select
 from torch import Tensor
+
+from sop_plugin.runtime.knn import knn_votes
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +64,8 @@ def extract(backbone: torch.nn.Module, loader: Any, device: torch.device, limit:
 
 
 def knn_accuracy(bank: Tensor, bank_y: Tensor, queries: Tensor, y: Tensor, k: int, temperature: float) -> float:
-    """Top-1 accuracy (%) of the exp(sim / T)-weighted kNN vote; features L2-normalised, searched with FAISS."""
+    """Top-1 accuracy (%) of the exp(sim / T)-weighted kNN vote (:func:`~sop_plugin.runtime.knn.knn_votes`);
+    features L2-normalised, searched with FAISS (exact inner product) so that an ImageNet-size bank fits."""
     from sop_plugin.core.retrieval import get_retrieval
     from sop_plugin.core.retrieval.faiss_backend import faiss_gpu_available
 
@@ -69,9 +73,8 @@ def knn_accuracy(bank: Tensor, bank_y: Tensor, queries: Tensor, y: Tensor, k: in
         bank, queries = bank.cuda(), queries.cuda()
     sims, idx = get_retrieval("faiss").search(queries, bank, min(k, bank.shape[0]))
     sims, idx, bank_y = sims.cpu(), idx.cpu(), bank_y.cpu()
-    weights = ((sims - sims[:, :1]) / temperature).exp()  # one factor per row: same winner, no overflow
     classes = int(max(bank_y.max(), y.max())) + 1
-    votes = torch.zeros(len(y), classes).scatter_add_(1, bank_y[idx.clamp_min(0)].long(), weights.float())
+    votes = knn_votes(sims, bank_y[idx.clamp_min(0)], temperature, classes)
     return 100.0 * float((votes.argmax(1) == y).float().mean())
 
 
@@ -145,11 +148,10 @@ class NothingTrained(Callback):
 def clean_knn_from_cfg(cfg: Any, val_loader: Any) -> CleanKNN | None:
     """The :class:`CleanKNN` of ``cfg.clean_knn`` (None when off), banking the training images
     with ``val_loader``'s transform (image folders and CIFAR)."""
-    from solo.utils.misc import omegaconf_select as get
     from torch.utils.data import DataLoader
     from torchvision.datasets import CIFAR10, CIFAR100, ImageFolder
 
-    if not get(cfg, "clean_knn.enabled", False) or val_loader is None:
+    if not omegaconf_select(cfg, "clean_knn.enabled", False) or val_loader is None:
         return None
     val = val_loader.dataset
     if isinstance(val, (CIFAR10, CIFAR100)):
@@ -162,8 +164,8 @@ def clean_knn_from_cfg(cfg: Any, val_loader: Any) -> CleanKNN | None:
     return CleanKNN(
         loader,
         val_loader,
-        k=int(get(cfg, "clean_knn.k", 20)),
-        temperature=float(get(cfg, "clean_knn.temperature", 0.07)),
-        every_n_epochs=int(get(cfg, "clean_knn.frequency", 1)),
-        max_train=int(get(cfg, "clean_knn.max_train", -1)),
+        k=int(omegaconf_select(cfg, "clean_knn.k", 20)),
+        temperature=float(omegaconf_select(cfg, "clean_knn.temperature", 0.07)),
+        every_n_epochs=int(omegaconf_select(cfg, "clean_knn.frequency", 1)),
+        max_train=int(omegaconf_select(cfg, "clean_knn.max_train", -1)),
     )

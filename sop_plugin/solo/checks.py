@@ -7,25 +7,19 @@ say what to change: :func:`preflight` raises ``ValueError`` before the Trainer s
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from omegaconf import DictConfig
+from solo.utils.misc import omegaconf_select
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
 
-def _get(cfg: DictConfig, key: str, default: Any = None) -> Any:
-    from solo.utils.misc import omegaconf_select
-
-    return omegaconf_select(cfg, key, default)
-
-
 def dino_warmup_problem(cfg: DictConfig) -> str | None:
     """solo-learn's DINO builds its temperature schedule with ``max_epochs - warm-up`` entries."""
-    if _get(cfg, "method") != "dino":
+    if omegaconf_select(cfg, "method") != "dino":
         return None
-    warm = int(_get(cfg, "method_kwargs.warmup_teacher_temperature_epochs", 0) or 0)
-    epochs = int(_get(cfg, "max_epochs", 0) or 0)
+    warm = int(omegaconf_select(cfg, "method_kwargs.warmup_teacher_temperature_epochs", 0) or 0)
+    epochs = int(omegaconf_select(cfg, "max_epochs", 0) or 0)
     if warm <= epochs:
         return None
     return (
@@ -48,10 +42,14 @@ def _class_counts(folder: str) -> list[int]:
 
 def limited_val_problem(cfg: DictConfig) -> str | None:
     """``limit_val_batches`` on a class-sorted image folder leaves solo-learn's online kNN classes short."""
-    limit = _get(cfg, "limit_val_batches", None)
-    if limit is None or not _get(cfg, "knn_eval.enabled", False) or _get(cfg, "data.format", "") == "h5":
+    limit = omegaconf_select(cfg, "limit_val_batches", None)
+    if (
+        limit is None
+        or not omegaconf_select(cfg, "knn_eval.enabled", False)
+        or omegaconf_select(cfg, "data.format", "") == "h5"
+    ):
         return None
-    val = _get(cfg, "data.val_path", None)
+    val = omegaconf_select(cfg, "data.val_path", None)
     if val is None or not os.path.isdir(str(val)):
         return None
     counts = _class_counts(str(val))
@@ -59,7 +57,7 @@ def limited_val_problem(cfg: DictConfig) -> str | None:
     if isinstance(limit, float) and limit <= 1.0:
         seen = int(limit * total)
     else:
-        seen = int(limit) * int(_get(cfg, "optimizer.batch_size", 1))
+        seen = int(limit) * int(omegaconf_select(cfg, "optimizer.batch_size", 1))
     covered, start = 0, 0
     for n in counts:
         covered += int(start < seen and n > 0)

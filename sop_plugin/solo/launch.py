@@ -32,7 +32,6 @@ import inspect
 import json
 import os
 import runpy
-import shlex
 import sys
 import urllib.parse
 from collections.abc import Callable
@@ -41,10 +40,13 @@ from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
+from solo.utils.misc import omegaconf_select
 
 import sop_plugin.solo  # noqa: F401  (registers METHODS["sop"], ["ibot"]; clear ImportError without solo-learn)
-from sop_plugin.runtime.interrupt import Interrupted, SignalCatcher, hydra_value
-from sop_plugin.solo.attach import (  # noqa: F401  (re-exported: the launcher's public helpers)
+from sop_plugin.runtime.devices import is_rank_zero
+from sop_plugin.runtime.interrupt import Interrupted, SignalCatcher
+from sop_plugin.runtime.resume_message import interrupted_message
+from sop_plugin.solo.attach import (  # noqa: F401  (parse_with_devices, trust_checkpoint: re-exported helpers)
     Attachment,
     PluginTrainer,
     load_backbone_weights,
@@ -116,13 +118,12 @@ def solo_main(script: Path, attachment: Attachment) -> Callable[[DictConfig], An
 # ---------------------------------------------------------------------- our own launcher (no clone at hand)
 def _needs_solo_scripts(cfg: DictConfig, kind: str) -> None:
     """Refuse what only solo-learn's own scripts implement."""
-    from solo.utils.misc import omegaconf_select as get
-
+    mixing = omegaconf_select(cfg, "mixup", 0) > 0 or omegaconf_select(cfg, "cutmix", 0) > 0
     wanted = {
-        "data.format=dali": get(cfg, "data.format", None) == "dali",
-        "wandb.enabled=True": bool(get(cfg, "wandb.enabled", False)),
-        "auto_umap.enabled=True": bool(get(cfg, "auto_umap.enabled", False)),
-        "mixup/cutmix": kind == "linear" and (get(cfg, "mixup", 0) > 0 or get(cfg, "cutmix", 0) > 0),
+        "data.format=dali": omegaconf_select(cfg, "data.format", None) == "dali",
+        "wandb.enabled=True": bool(omegaconf_select(cfg, "wandb.enabled", False)),
+        "auto_umap.enabled=True": bool(omegaconf_select(cfg, "auto_umap.enabled", False)),
+        "mixup/cutmix": kind == "linear" and mixing,
     }
     used = [name for name, on in wanted.items() if on]
     if used:
@@ -231,7 +232,7 @@ def own_linear(cfg: DictConfig, attachment: Attachment) -> None:
         backbone.fc = nn.Identity()
         if cfg.data.dataset in ("cifar10", "cifar100"):
             backbone.conv1, backbone.maxpool = nn.Conv2d(3, 64, 3, stride=1, padding=2, bias=False), nn.Identity()
-    backbone.load_state_dict({k: v for k, v in attachment.weights.items() if k in backbone.state_dict()}, strict=False)
+    load_backbone_weights(backbone, cfg.pretrained_feature_extractor, weights=attachment.weights)
     loss = nn.CrossEntropyLoss(label_smoothing=float(cfg.label_smoothing))
     model = LinearModel(backbone, loss_func=loss, mixup_func=None, cfg=cfg)
     train, val = _classification_loaders(cfg, auto_augment=cfg.auto_augment)
@@ -239,11 +240,6 @@ def own_linear(cfg: DictConfig, attachment: Attachment) -> None:
 
 
 # ---------------------------------------------------------------------- one launch
-def _rank_zero() -> bool:
-    """Whether this process is DDP's first (or the only) one."""
-    return int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
-
-
 def launch(kind: str, cfg: DictConfig, catcher: SignalCatcher | None = None) -> PluginTrainer:
     """Pretrain (``kind`` "pretrain") or evaluate ("linear") ``cfg`` through solo-learn's script when a clone
     is found (:func:`find_solo_root`), else through our own launcher; returns the Trainer.
@@ -253,7 +249,7 @@ def launch(kind: str, cfg: DictConfig, catcher: SignalCatcher | None = None) -> 
     """
     root = find_solo_root()
     attachment = Attachment(kind, catcher, script=None if root is None else root / SCRIPTS[kind])
-    if _rank_zero():
+    if is_rank_zero():
         how = f"solo-learn's {attachment.script}" if root else "sop-plugin's own launcher (no solo-learn clone)"
         print(f"sop-solo-{kind}: running {how} with sop-plugin attached", file=sys.stderr, flush=True)
     with attachment.attached():
@@ -307,22 +303,6 @@ def take_solo_root(argv: list[str]) -> list[str]:
     return out
 
 
-def resume_command(prog: str, argv: list[str], checkpoint: Path) -> str:
-    """``argv`` as ``prog``'s command line, resuming from ``checkpoint`` (``++resume_from_checkpoint``)."""
-    args = [a for a in argv[1:] if not a.lstrip("+~").startswith("resume_from_checkpoint=")]
-    resume = f"++resume_from_checkpoint={hydra_value(str(checkpoint))}"
-    return " ".join([prog, *(shlex.quote(a) for a in args), shlex.quote(resume)])
-
-
-def interrupted_message(prog: str, stop: Interrupted, argv: list[str]) -> str:
-    """The one line printed when a signal stopped the run."""
-    if stop.checkpoint is None:
-        return f"{prog}: {stop.describe()}; no checkpoint yet: run the same command again to start over"
-    return f"{prog}: {stop.describe()}; checkpoint {stop.checkpoint}; resume with: " + resume_command(
-        prog, argv, stop.checkpoint
-    )
-
-
 def _run_cli(prog: str, run: Callable[[DictConfig, SignalCatcher], Any], cfg: DictConfig) -> None:
     """``run(cfg, catcher)`` under SIGTERM/SIGINT handling: message and exit status 128 + signal."""
     with SignalCatcher(prog=prog) as catcher:
@@ -330,7 +310,7 @@ def _run_cli(prog: str, run: Callable[[DictConfig, SignalCatcher], Any], cfg: Di
             catcher.set_immediate("setup")  # until the Trainer sets up: nothing to save yet
             trainer = run(cfg, catcher)
         except Interrupted as stop:
-            if _rank_zero():
+            if is_rank_zero():
                 print(interrupted_message(prog, stop, _CLI_ARGV or sys.argv), file=sys.stderr, flush=True)
             sys.exit(stop.exit_code)
     if any(getattr(cb, "trained_nothing", False) for cb in getattr(trainer, "callbacks", [])):

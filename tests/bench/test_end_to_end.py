@@ -31,7 +31,7 @@ def test_sop_loss_decreases_on_fixed_batch() -> None:
     images = torch.randn(16, 1, 16, 16, generator=gen)
     local = torch.nn.functional.interpolate(images[..., 2:14, 2:14], size=16)
     views = [images, images.flip(-1), local]
-    masks = BlockMaskGenerator((4, 4), mask_prob=1.0, ratio=(0.2, 0.4))(32, gen).view(2, 16, 16)
+    masks = BlockMaskGenerator((4, 4), prob=1.0, ratio=(0.2, 0.4), min_block=4)(32, gen).view(2, 16, 16)
     # fill the memories with the teacher's own embeddings first (as after a warm-up)
     with torch.no_grad():
         for _ in range(16):

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from sop_plugin.bench.interruption import kept_results, resume_command
+from sop_plugin.bench.interruption import kept_results
 from sop_plugin.bench.report import validate_results
+from sop_plugin.runtime.resume_message import RESUME_RUN_DIR, resume_command
 
 METRICS = dict.fromkeys(
     ("knn_top1", "linear_top1", "map_at_r", "recall_at_1", "corrupt_knn_top1", "train_seconds"), 1.0
@@ -63,6 +64,7 @@ def test_resume_keeps_done_methods_only_under_the_same_settings(tmp_path: Path) 
 
 def test_resume_command_repeats_the_overrides_and_sets_resume(tmp_path: Path) -> None:
     argv = ["/x/sop-bench", "methods=[sop,dino]", "resume=/old", "train.max_steps=5"]
-    command = resume_command(argv, tmp_path / "run")
+    command = resume_command("sop-bench", argv, RESUME_RUN_DIR, tmp_path / "run")
     assert shlex.split(command) == ["sop-bench", "methods=[sop,dino]", "train.max_steps=5", f"resume={tmp_path}/run"]
-    assert shlex.split(resume_command(["sop-bench"], Path("/r/a=b")))[-1] == "resume='/r/a=b'"  # hydra needs quotes
+    quoted = resume_command("sop-bench", ["sop-bench"], RESUME_RUN_DIR, Path("/r/a=b"))
+    assert shlex.split(quoted)[-1] == "resume='/r/a=b'"  # hydra needs quotes

@@ -28,7 +28,7 @@ def test_grid_offers_every_method_the_same_points_and_picks_its_best(
         calls.append((out.name, overrides))
         values = dict(o.split("=", 1) for o in overrides if "=" in o)
         method = values["methods"].strip("[]")
-        temp_key = "sop.teacher_temp" if method == "sop" else f"{method}.temps.teacher"
+        temp_key = "sop.teacher_temp" if method == "sop" else f"{method}.teacher_temp"
         point = (
             float(values[f"{method}.optim.base_lr"]),
             float(values[temp_key]),
@@ -52,7 +52,7 @@ def test_grid_offers_every_method_the_same_points_and_picks_its_best(
     assert len(names) == 10
     for _, overrides in calls:  # every point scored on held-out training images, never the test set
         assert "eval.holdout=100" in overrides and "train.limit_train_images=640" in overrides
-        assert "temps.warmup_steps=6" in overrides  # 500/937 of the 10 steps, as in profile=quick
+        assert "temps.warmup_teacher_temp_steps=6" in overrides  # 500/937 of the 10 steps, as in profile=quick
     sop_point = calls[0][1]
     assert "sop.teacher_temp=0.04" in sop_point and "sop.warmup_teacher_temp=0.04" in sop_point  # constant
 
@@ -68,12 +68,12 @@ def test_grid_offers_every_method_the_same_points_and_picks_its_best(
 def test_grid_point_overrides_reach_the_method_over_its_tuned_defaults(
     method: str, tmp_path: Path, tiny_data: Path
 ) -> None:
-    from sop_plugin.bench.module import recipe_summary
+    from sop_plugin.bench.method_settings import recipe_summary
     from tests.tinydata import bench_config
 
     grid = load_benchmark_script("tuning_grid")
     cfg = bench_config(tmp_path, tiny_data, grid.point_overrides(method, 1e-3, 0.05, 0.2))
     assert cfg["methods"] == [method]
-    summary = recipe_summary(cfg, method)
+    summary = recipe_summary(cfg, method, 10)
     assert summary["peak_lr"] == f"{1e-3 * cfg['train']['batch_size'] / 256:.3g}" and summary["koleo_weight"] == "0.2"
     assert summary["teacher_temp"] == ("0.05" if method == "sop" else "0.04 -> 0.05")

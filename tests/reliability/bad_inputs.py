@@ -49,10 +49,15 @@ CONFIG_CASES: list[tuple[str, list[str], str, str]] = [
         "ConfigError",
         "global batch 64 exceeds class_memory_size=48",
     ),
-    ("bad_temperature", ["temps.student=0"], "ConfigError", "student_temp=0.0 must be > 0"),
+    ("bad_temperature", ["temps.student_temp=0"], "ConfigError", "student_temp=0.0 must be > 0"),
     ("unknown_anchor_selection", ["sop.anchor_selection=dense"], "ConfigError", "anchor_selection='dense'"),
     ("unknown_sop_key", ["+sop.num_prototypes=10"], "ConfigError", "unknown SOP setting(s) ['num_prototypes']"),
-    ("bad_mask_ratio", ["masks.ratio=[0.5,0.2]"], "ConfigError", "masks: mask ratio must satisfy"),
+    (
+        "bad_mask_ratio",
+        ["masks.ratio=[0.5,0.2]"],
+        "ConfigError",
+        "ratio=[0.5, 0.2] must satisfy 0 <= min <= max < 1: fix masks.prob / masks.ratio",
+    ),
     ("bad_crop_scale", ["crops.local_scale=[0.5,0.1]"], "ConfigError", "crops: local_scale must satisfy"),
     (
         "batch_larger_than_dataset",

@@ -61,7 +61,7 @@ def fixed_batch(step: int) -> tuple[Tensor, Tensor, Tensor]:
     images = torch.randn(GLOBAL_BATCH, 1, 16, 16, generator=gen)
     globals_ = torch.stack([images, images.flip(-1) + 0.1 * torch.randn(images.shape, generator=gen)])
     local = nn.functional.interpolate(images[..., 2:14, 2:14], size=16, mode="bilinear", align_corners=False)
-    masks = BlockMaskGenerator((4, 4), mask_prob=0.7, ratio=(0.2, 0.5), min_block=2)(2 * GLOBAL_BATCH, gen)
+    masks = BlockMaskGenerator((4, 4), prob=0.7, ratio=(0.2, 0.5), min_block=2)(2 * GLOBAL_BATCH, gen)
     return globals_, local[None], masks.view(2, GLOBAL_BATCH, 16)
 
 

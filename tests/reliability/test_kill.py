@@ -1,13 +1,15 @@
 """Fault tests: SIGKILL a training process mid-epoch, resume from its last checkpoint, finish.
 
 Nothing is lost beyond the steps after that checkpoint and the result equals an
-uninterrupted run. Checkpoint writes are atomic: a crash inside a write leaves the
-previous checkpoint intact.
+uninterrupted run. Checkpoint writes are atomic: a process SIGKILLed inside a write leaves
+the previous checkpoint intact, and the partial file it leaves is removed by the next save.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -16,17 +18,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.fabric.plugins.io import torch_io
 
 from sop_plugin.bench.runner import check_resume, fit_method, load_data
 from sop_plugin.runtime import AtomicCheckpointIO, CheckpointError, load_checkpoint
-from tests.reliability.relutil import LossRecorder, assert_states_close, overrides, state_of, tiny_config
+from tests.reliability.relutil import LossRecorder, assert_states_close, checkpoint_at, overrides, state_of, tiny_config
 from tests.tinydata import DDP_EXACT
 
 #: subprocess, DDP or full-fit tests: left out of `make test-fast`
 pytestmark = pytest.mark.slow
 
 HERE = Path(__file__).parent
+ROOT = HERE.parents[1]
 
 
 def _wait_for_checkpoint(path: Path, min_step: int, proc: subprocess.Popen, timeout: float = 120.0) -> None:
@@ -118,18 +120,58 @@ def test_kill_ddp_run_then_resume_in_ddp_matches_one_process(tiny_data: Path, tm
     assert_states_close(dict(final_ddp["state_dict"]), state_of(fitted.module), atol=1e-5)
 
 
-def test_kill_during_checkpoint_write_keeps_previous(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    io = AtomicCheckpointIO()
-    path = tmp_path / "last.ckpt"
-    io.save_checkpoint({"global_step": 1, "state_dict": {"w": torch.ones(3)}}, path)
+def _read_line(proc: subprocess.Popen, timeout: float, stderr: Path) -> str:
+    """The child's next stdout line; fails (with its stderr) if none comes within ``timeout`` s."""
+    assert proc.stdout is not None
+    if not select.select([proc.stdout], [], [], timeout)[0]:
+        pytest.fail(f"no line from the child within {timeout} s")
+    line = proc.stdout.readline()
+    if not line:
+        proc.wait(timeout=30)
+        pytest.fail(f"the child ended (rc {proc.returncode}) before its write: {stderr.read_text()[-3000:]}")
+    return line
 
-    def dies_halfway(checkpoint: dict, filepath: object) -> None:  # the process dies inside the write
-        Path(str(filepath)).write_bytes(b"PK\x03\x04 half a checkpoint")
-        raise KeyboardInterrupt("killed while writing")
 
-    monkeypatch.setattr(torch_io, "_atomic_save", dies_halfway)
-    with pytest.raises(KeyboardInterrupt):
-        io.save_checkpoint({"global_step": 2, "state_dict": {"w": torch.zeros(3)}}, path)
-    monkeypatch.undo()
-    assert io.load_checkpoint(path)["global_step"] == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+def test_kill_during_checkpoint_write_keeps_previous(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """SIGKILL a process half-way through writing a checkpoint with AtomicCheckpointIO: the previous
+    checkpoint still loads, the partial ``.tmp`` is never read, and the next save removes it."""
+    ckpts, stderr = tmp_path / "checkpoints", tmp_path / "child.stderr"
+    last = ckpts / "last.ckpt"
+    code = "import sys; from tests.reliability.relutil import save_then_stall_mid_write as f; f(sys.argv[1])"
+    with stderr.open("w") as err, subprocess.Popen(
+        [sys.executable, "-c", code, str(last)], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
+    ) as proc:  # fmt: skip
+        try:
+            ready, written, total = _read_line(proc, 120, stderr).split()
+            assert ready == "ready"  # the child is blocked inside the write of step 2, half of it on disk
+            tmp = ckpts / f"last.ckpt.{proc.pid}.tmp"
+            assert tmp.stat().st_size == int(written) < int(total)
+            os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            if proc.poll() is None:
+                proc.kill()  # only if the test failed before its own kill
+    assert proc.returncode == -signal.SIGKILL
+    assert sorted(p.name for p in ckpts.iterdir()) == ["last.ckpt", tmp.name]
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_checkpoint(tmp)  # what the kill left really is half a checkpoint
+    previous = AtomicCheckpointIO().load_checkpoint(last)
+    assert previous["global_step"] == 1
+    assert torch.equal(previous["state_dict"]["w"], checkpoint_at(1)["state_dict"]["w"])
+
+    with caplog.at_level(logging.WARNING, logger="sop_plugin.runtime.checkpoint_io"):
+        AtomicCheckpointIO().save_checkpoint(checkpoint_at(3), last)  # the next run's first save
+    assert sorted(p.name for p in ckpts.iterdir()) == ["last.ckpt"]
+    assert f"removed {tmp}" in caplog.text and f"process {proc.pid}, killed" in caplog.text
+    after = AtomicCheckpointIO().load_checkpoint(last)
+    assert after["global_step"] == 3 and torch.equal(after["state_dict"]["w"], checkpoint_at(3)["state_dict"]["w"])
+
+
+def test_atomic_save_leaves_a_live_writers_tmp_alone(tmp_path: Path) -> None:
+    """Only a dead writer's ``.tmp`` is stale: one named after a live process (another writer) stays."""
+    last = tmp_path / "last.ckpt"
+    live = tmp_path / f"last.ckpt.{os.getppid()}.tmp"
+    live.write_bytes(b"PK another writer, mid-write")
+    AtomicCheckpointIO().save_checkpoint(checkpoint_at(1), last)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", live.name]
+    assert load_checkpoint(last)["global_step"] == 1

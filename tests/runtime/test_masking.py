@@ -7,7 +7,7 @@ from sop_plugin.runtime.masking import BlockMaskGenerator
 
 
 def test_block_masks_respect_probability_and_ratio() -> None:
-    gen = BlockMaskGenerator((14, 14), mask_prob=0.5, ratio=(0.1, 0.5))
+    gen = BlockMaskGenerator((14, 14), prob=0.5, ratio=(0.1, 0.5), min_block=4)
     masks = gen(400, torch.Generator().manual_seed(0))
     assert masks.shape == (400, 196) and masks.dtype == torch.bool
     frac = masks.float().mean(1)
@@ -18,7 +18,7 @@ def test_block_masks_respect_probability_and_ratio() -> None:
 
 
 def test_block_masks_are_blocks_and_deterministic() -> None:
-    gen = BlockMaskGenerator((8, 8), mask_prob=1.0, ratio=(0.3, 0.3))
+    gen = BlockMaskGenerator((8, 8), prob=1.0, ratio=(0.3, 0.3), min_block=4)
     a = gen(8, torch.Generator().manual_seed(3))
     b = gen(8, torch.Generator().manual_seed(3))
     assert torch.equal(a, b)
@@ -33,7 +33,7 @@ def test_block_masks_are_blocks_and_deterministic() -> None:
 
 
 def test_block_mask_bad_settings() -> None:
-    with pytest.raises(ValueError, match="mask_prob"):
-        BlockMaskGenerator((4, 4), mask_prob=1.5)
+    with pytest.raises(ValueError, match="prob"):
+        BlockMaskGenerator((4, 4), prob=1.5, ratio=(0.1, 0.5), min_block=4)
     with pytest.raises(ValueError, match="ratio"):
-        BlockMaskGenerator((4, 4), ratio=(0.6, 0.2))
+        BlockMaskGenerator((4, 4), prob=0.5, ratio=(0.6, 0.2), min_block=4)

@@ -36,7 +36,7 @@ def main() -> None:
         "++logger=False",
     ]
     trainer = run_pretrain(compose_pretrain(overrides))
-    objective = trainer.lightning_module.objective
+    objective = trainer.lightning_module.method.objective
     torch.save(
         {
             "class_bank": objective.class_memory.bank.detach().clone(),

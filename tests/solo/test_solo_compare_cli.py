@@ -16,7 +16,7 @@ import torch  # noqa: E402
 
 from tests.solo.soloutil import CPU, SCRIPTS, compose, data_overrides  # noqa: E402
 
-SMALL_IBOT = ["method_kwargs.num_prototypes=256", "method_kwargs.proj_hidden_dim=128"]
+SMALL_IBOT = ["method_kwargs.num_prototypes=256", "method_kwargs.head_hidden_dim=128"]
 
 
 def _bash(script: Path, args: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -39,7 +39,9 @@ def test_ibot_sh_fast_dev_run_then_linear_sh_on_its_checkpoint(tiny_image_folder
     ckpts = sorted((ckpt_dir / "ibot").rglob("*.ckpt"))
     assert len(ckpts) == 1, ckpts
     state = torch.load(ckpts[0], map_location="cpu", weights_only=True)["state_dict"]
-    assert {"mask_token", "head.last_layer.weight_v", "patch_loss.center.center", "dino_loss.center"} <= set(state)
+    keys = {"mask_token", "method.student_head.last_layer.weight_v", "method.patch_loss.center.center"}
+    keys |= {"method.cls_loss.center"}
+    assert keys <= set(state), sorted(set(state))
     _bash(SCRIPTS / "linear" / "fashion-mnist" / "ibot.sh", [str(ckpts[0]), *common], tmp_path)
     assert len(list((ckpt_dir / "linear").rglob("*.ckpt"))) == 1
 

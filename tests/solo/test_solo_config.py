@@ -9,15 +9,18 @@ pytest.importorskip("solo", reason="solo-learn 1.0.6 is not installed (optional 
 from omegaconf import OmegaConf  # noqa: E402
 
 from sop_plugin.core import SOPConfig  # noqa: E402
+from sop_plugin.methods import IBOTConfig, MaskConfig  # noqa: E402
+from sop_plugin.methods.ibot import IBOTMethod  # noqa: E402
+from sop_plugin.methods.sop import SOPMethod  # noqa: E402
 from sop_plugin.runtime import num_devices  # noqa: E402
-from sop_plugin.solo.sop_method import (  # noqa: E402
-    METHOD_KWARGS_DEFAULTS,
-    SOLO_ONLY_KEYS,
-    SOP,
-    global_batch_size,
-    sop_config_from_cfg,
-)
+from sop_plugin.solo.masked import SHARED_KEYS, global_batch_size, method_settings  # noqa: E402
+from sop_plugin.solo.sop_method import METHOD_KWARGS_DEFAULTS, SOP  # noqa: E402
 from tests.solo.soloutil import SCRIPTS, compose  # noqa: E402
+
+
+def sop_settings(cfg):
+    """(SOPConfig, MaskConfig | None) of a filled cfg, as the SOP module builds them."""
+    return method_settings(cfg, "sop", SOP.host_keys())
 
 
 def make_cfg(method_kwargs=None, backbone="vit_tiny", small_crops=0, large_crops=2, **top):
@@ -45,9 +48,12 @@ def test_defaults_are_filled_and_follow_sopconfig():
     for key, value in METHOD_KWARGS_DEFAULTS.items():
         got = cfg.method_kwargs[key]
         assert (OmegaConf.to_object(got) if OmegaConf.is_config(got) else got) == value, key
-    sop_cfg = sop_config_from_cfg(cfg)
+    assert cfg.method_kwargs.clip_grad == 3.0 and cfg.method_kwargs.masks == {}
+    sop_cfg, masks = sop_settings(cfg)
     expected = SOPConfig(seed=7)  # seed: None -> the run's seed
     assert sop_cfg == expected
+    # no mask settings: SOP's authors' masks (every global view, ratio 0.3, blocks of >= 4 patches)
+    assert masks == SOPMethod.default_masks == MaskConfig(prob=1.0, ratio=(0.3, 0.3), min_block=4)
     # solo-learn's own defaults are there too
     assert cfg.momentum.classifier is False and cfg.knn_eval.enabled is False
 
@@ -68,8 +74,9 @@ def test_method_kwargs_reach_the_objective():
         "koleo_weight": 0.1,
         "retrieval": "faiss",
         "seed": 3,
+        "masks": {"ratio": [0.2, 0.4]},
     }
-    sop_cfg = sop_config_from_cfg(SOP.add_and_assert_specific_cfg(make_cfg(mk)))
+    sop_cfg, masks = sop_settings(SOP.add_and_assert_specific_cfg(make_cfg(mk)))
     assert sop_cfg.dim == 128 and sop_cfg.class_memory_size == 4096
     assert (sop_cfg.head_hidden_dim, sop_cfg.head_num_layers) == (512, 2)
     assert (sop_cfg.class_num_anchors, sop_cfg.class_num_supports) == (32, 4)
@@ -77,16 +84,20 @@ def test_method_kwargs_reach_the_objective():
     assert (sop_cfg.student_temp, sop_cfg.teacher_temp, sop_cfg.warmup_teacher_temp) == (0.2, 0.05, 0.03)
     assert (sop_cfg.mim_weight, sop_cfg.koleo_weight) == (0.5, 0.1)
     assert sop_cfg.retrieval == "faiss" and sop_cfg.seed == 3
+    # masks given in part are laid over SOP's authors' masks
+    assert masks == MaskConfig(prob=1.0, ratio=(0.2, 0.4), min_block=4)
 
 
 @pytest.mark.parametrize(
     ("method_kwargs", "top", "message"),
     [
         ({"class_num_anchor": 8}, {}, "unknown SOP setting(s) ['class_num_anchor']"),
-        ({"mask_prob": 1.5}, {}, "mask_prob must be in [0, 1], got 1.5"),
-        ({"mask_ratio": [0.6, 0.2]}, {}, "mask ratio must satisfy 0 <= min <= max < 1"),
-        ({"mask_ratio": [0.1, 0.2, 0.3]}, {}, "mask_ratio=[0.1, 0.2, 0.3] must be [min, max]"),
-        ({"mask_min_block": 0}, {}, "mask_min_block=0 must be >= 1"),
+        ({"masks": {"prob": 1.5}}, {}, "prob=1.5 must be in [0, 1]"),
+        ({"masks": {"ratio": [0.6, 0.2]}}, {}, "ratio=[0.6, 0.2] must satisfy 0 <= min <= max < 1"),
+        ({"masks": {"ratio": [0.1, 0.2, 0.3]}}, {}, "ratio=[0.1, 0.2, 0.3] must be of type tuple[float, float]"),
+        ({"masks": {"min_block": 0}}, {}, "min_block=0 must be >= 1"),
+        ({"masks": {"probability": 0.5}}, {}, "unknown masks setting(s) ['probability']"),
+        ({"mask_prob": 0.5}, {}, "unknown SOP setting(s) ['mask_prob']"),  # the old flat mask keys
         ({"dim": 12.5}, {}, "dim=12.5 must be of type int"),
         ({"head_num_layers": 0}, {}, "head_num_layers=0 must be >= 1"),
         ({"class_memory_size": 100}, {}, "exceeds class_memory_size=100"),
@@ -111,6 +122,8 @@ def test_invalid_settings_raise_clear_errors(method_kwargs, top, message):
     with pytest.raises(ValueError, match="invalid SOP config") as info:
         SOP.add_and_assert_specific_cfg(make_cfg(method_kwargs, **top))
     assert message in str(info.value)
+    if "masks" in method_kwargs:
+        assert "method_kwargs.masks:" in str(info.value)
 
 
 def test_needs_two_global_crops():
@@ -147,8 +160,18 @@ TEACHER_TEMPS = {"sop": 0.04, "dino": 0.07}
 
 
 def test_method_kwargs_are_sopconfig_fields_plus_solo_keys():
-    assert set(METHOD_KWARGS_DEFAULTS) == set(SOPConfig.field_names()) | set(SOLO_ONLY_KEYS)
-    assert not set(SOLO_ONLY_KEYS) & set(SOPConfig.field_names())
+    assert set(SHARED_KEYS) == {
+        "masks",
+        "warmup_teacher_temp_epochs",
+        "clip_grad",
+        "on_nonfinite",
+        "max_consecutive_skips",
+    }
+    assert set(METHOD_KWARGS_DEFAULTS) == set(SOPConfig.field_names()) | set(SHARED_KEYS)
+    assert METHOD_KWARGS_DEFAULTS["seed"] is None  # None: the run's seed
+    assert not set(SHARED_KEYS) & set(SOPConfig.field_names())
+    assert SOP.host_keys() == sorted(SHARED_KEYS)  # every other key is an SOPConfig field
+    assert {k: METHOD_KWARGS_DEFAULTS[k] for k in SHARED_KEYS} == SHARED_KEYS and SHARED_KEYS["clip_grad"] == 3.0
 
 
 def _count_crops(cfg):
@@ -201,18 +224,19 @@ def test_shipped_linear_configs_match_pretraining(dataset):
     assert linear.data.dataset == pretrain.data.dataset
 
 
-#: the method knobs iBOT shares with solo-learn's DINO (same names, same values in the shipped configs)
-IBOT_KEYS_OF_DINO = (
-    "proj_hidden_dim",
-    "proj_output_dim",
-    "norm_last_layer",
-    "student_temperature",
-    "teacher_temperature",
-    "warmup_teacher_temperature",
-    "warmup_teacher_temperature_epochs",
-    "clip_grad",
-    "freeze_last_layer",
-)
+#: the method knobs iBOT shares with solo-learn's DINO: iBOT's name (the shared vocabulary) -> DINO's
+#: (solo-learn's own), same values in the shipped configs
+IBOT_KEYS_OF_DINO = {
+    "head_hidden_dim": "proj_hidden_dim",
+    "dim": "proj_output_dim",
+    "norm_last_layer": "norm_last_layer",
+    "student_temp": "student_temperature",
+    "teacher_temp": "teacher_temperature",
+    "warmup_teacher_temp": "warmup_teacher_temperature",
+    "warmup_teacher_temp_epochs": "warmup_teacher_temperature_epochs",
+    "clip_grad": "clip_grad",
+    "freeze_last_layer_epochs": "freeze_last_layer",
+}
 #: what the comparison holds equal between the three methods (everything but the method knobs)
 MATCHED = (
     "backbone",
@@ -251,15 +275,17 @@ def test_shipped_ibot_configs_match_dino_and_sop(dataset):
     for key in MATCHED:
         assert _plain(ibot[key]) == _plain(dino[key]) == _plain(sop[key]), key
     assert ibot.knn_eval.distance_func == "cosine" and ibot.csv.enabled
-    for key in IBOT_KEYS_OF_DINO:
-        assert ibot.method_kwargs[key] == dino.method_kwargs[key], key
-    assert ibot.method_kwargs.warmup_teacher_temperature_epochs == sop.method_kwargs.warmup_teacher_temp_epochs
-    for key in ("mask_min_block", "clip_grad"):
-        assert _plain(ibot.method_kwargs[key]) == _plain(sop.method_kwargs[key]), key
+    for ibot_key, dino_key in IBOT_KEYS_OF_DINO.items():
+        assert ibot.method_kwargs[ibot_key] == dino.method_kwargs[dino_key], ibot_key
+    assert ibot.method_kwargs.warmup_teacher_temp_epochs == sop.method_kwargs.warmup_teacher_temp_epochs
+    assert ibot.method_kwargs.clip_grad == sop.method_kwargs.clip_grad
+    ibot_cfg, ibot_masks = method_settings(ibot, "ibot", IBOT.host_keys())
+    _, sop_masks = method_settings(sop, "sop", SOP.host_keys())
+    assert isinstance(ibot_cfg, IBOTConfig) and ibot_masks.min_block == sop_masks.min_block
     # each method's own masks and temperatures: iBOT's authors' (p = 0.5, U(0.1, 0.5), 0.04 -> 0.07), SOP's
     # authors' (every global view at 0.3, constant 0.04, half the anchors kept, memories fed by view 2)
-    assert (ibot.method_kwargs.mask_prob, _plain(ibot.method_kwargs.mask_ratio)) == (0.5, [0.1, 0.5])
-    assert (sop.method_kwargs.mask_prob, _plain(sop.method_kwargs.mask_ratio)) == (1.0, [0.3, 0.3])
+    assert ibot_masks == IBOTMethod.default_masks == MaskConfig(prob=0.5, ratio=(0.1, 0.5), min_block=4)
+    assert sop_masks == SOPMethod.default_masks == MaskConfig(prob=1.0, ratio=(0.3, 0.3), min_block=4)
     mk = sop.method_kwargs
     assert (mk.teacher_temp, mk.warmup_teacher_temp, mk.anchor_keep, mk.memory_view) == (0.04, 0.04, 0.5, 1)
     assert ibot.method_kwargs.num_prototypes == (8192 if dataset.startswith("imagenet") else 4096)
@@ -284,7 +310,7 @@ def test_cpu_profile_keeps_max_epochs_at_least_the_warm_up():
     for name, key in (
         ("sop", "warmup_teacher_temp_epochs"),
         ("dino", "warmup_teacher_temperature_epochs"),
-        ("ibot", "warmup_teacher_temperature_epochs"),
+        ("ibot", "warmup_teacher_temp_epochs"),
     ):
         cfg = compose(folder, f"{name}.yaml", ["+profile=cpu"])
         assert cfg.accelerator == "cpu" and cfg.devices == 1 and cfg.optimizer.batch_size == 64

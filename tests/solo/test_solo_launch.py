@@ -78,7 +78,7 @@ def test_cli_fast_dev_run_pretrain_then_linear(tiny_image_folder, tmp_path):
     assert len(ckpts) == 1, ckpts
     assert "sop-solo-pretrain: running " in pretrained.stderr and "with sop-plugin attached" in pretrained.stderr
     state = torch.load(ckpts[0], map_location="cpu", weights_only=True)["state_dict"]
-    assert "objective.class_memory.bank" in state and "backbone.cls_token" in state
+    assert "method.objective.class_memory.bank" in state and "backbone.cls_token" in state
 
     _run(
         [
@@ -119,6 +119,9 @@ def test_pretrain_logs_knn_and_sop_losses_and_resumes(tiny_image_folder, tmp_pat
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     for key in ("val_knn_acc1", "val_acc1", "train_sop_loss", "train_sop_cls_loss", "train_sop_mim_loss"):
         assert key in metrics and math.isfinite(metrics[key]), (key, metrics)
+    # per step, under the method's name (sop.yaml: a constant 0.04)
+    assert metrics["sop_teacher_temp"] == pytest.approx(0.04)
+    assert "train_sop_koleo_loss" not in metrics  # koleo_weight 0 in sop.yaml
     assert 0.0 <= metrics["val_knn_acc1"] <= 100.0
     first = sorted((ckpt_dir / "sop").rglob("*.ckpt"))
     assert len(first) == 1
@@ -126,7 +129,7 @@ def test_pretrain_logs_knn_and_sop_losses_and_resumes(tiny_image_folder, tmp_pat
 
     resumed = run_pretrain(compose_pretrain([*common, "max_epochs=2", f"++resume_from_checkpoint='{first[0]}'"]))
     assert resumed.global_step == before["global_step"] + 1
-    after = resumed.lightning_module.objective
+    after = resumed.lightning_module.method.objective
     # the memories were restored from the checkpoint, then advanced by one step of 5 images
-    assert int(after.class_memory.ptr) == (int(before["state_dict"]["objective.class_memory.ptr"]) + 5) % 1024
-    assert int(after.patch_memory.ptr) == (int(before["state_dict"]["objective.patch_memory.ptr"]) + 5) % 512
+    assert int(after.class_memory.ptr) == (int(before["state_dict"]["method.objective.class_memory.ptr"]) + 5) % 1024
+    assert int(after.patch_memory.ptr) == (int(before["state_dict"]["method.objective.patch_memory.ptr"]) + 5) % 512

@@ -24,7 +24,7 @@ from sop_plugin.solo import attach, launch  # noqa: E402
 from sop_plugin.solo.callbacks import NothingTrained, WallClock  # noqa: E402
 from tests.solo.soloutil import CPU, SCRIPTS, SMALL_SOP, compose, compose_pretrain, data_overrides  # noqa: E402
 
-SOLO_ROOT = launch.find_solo_root("")  # the clone solo-learn was installed from, where there is one
+SOLO_ROOT = launch.find_solo_root()  # $SOLO_LEARN_ROOT, else the clone solo-learn was installed from
 needs_clone = pytest.mark.skipif(SOLO_ROOT is None, reason="no solo-learn clone (main_pretrain.py) found")
 LAUNCHERS = [Path(launch.__file__), Path(attach.__file__)]
 
@@ -99,7 +99,7 @@ def test_pretrain_and_linear_run_the_clones_scripts_with_our_pieces(
     assert "val_clean_knn_acc1" in trainer.callback_metrics and "val_knn_acc1" in trainer.callback_metrics
     assert _originals() == before  # every replaced name is back
     ckpt = sorted((tmp_path / "ckpt" / "sop").rglob("*.ckpt"))
-    assert len(ckpt) == 1 and "objective.class_memory.bank" in load_checkpoint(ckpt[0])["state_dict"]
+    assert len(ckpt) == 1 and "method.objective.class_memory.bank" in load_checkpoint(ckpt[0])["state_dict"]
 
     linear = _fast_linear_cfg(ckpt[0], tiny_image_folder, tmp_path / "ckpt")
     trained = launch.run_linear(linear)

@@ -55,6 +55,7 @@ def test_learnable_params_and_momentum_pairs(vit_model):
     assert {"backbone", "classifier", "head", "mask_token"} <= set(groups)
     assert groups["mask_token"] == [m.mask_token]
     assert len(groups["head"]) == len(list(m.head.parameters()))
+    assert m.head is m.method.student_head and m.momentum_head is m.method.teacher_head
     pairs = m.momentum_pairs
     assert (m.backbone, m.momentum_backbone) in pairs and (m.head, m.momentum_head) in pairs
     # the teacher starts as a copy of the student and is not trained by the optimizer
@@ -97,9 +98,14 @@ def test_masks_are_deterministic_per_step_and_sized_per_crop(vit_model):
 
 def test_checkpoint_holds_memories_once_and_backbone_loads_like_solo_linear(vit_model):
     sd = vit_model.state_dict()
-    assert {"objective.class_memory.bank", "objective.patch_memory.bank", "mask_token"} <= set(sd)
-    assert sd["objective.class_memory.bank"].shape == (256, 32)
+    assert {"method.objective.class_memory.bank", "method.objective.patch_memory.bank", "mask_token"} <= set(sd)
+    assert sd["method.objective.class_memory.bank"].shape == (256, 32)
     assert not any(".vit." in k for k in sd)  # the lightly wrappers add no copy of the ViT
+    # the heads are the method's, stored once (head / momentum_head only name them for solo-learn)
+    assert any(k.startswith("method.student_head.") for k in sd) and any(
+        k.startswith("method.teacher_head.") for k in sd
+    )
+    assert not any(k.startswith(("head.", "momentum_head.", "objective.")) for k in sd)
     # solo-learn's main_linear: keep keys with "backbone", strip "backbone.", load non-strictly
     from solo.backbones import vit_tiny
 
@@ -137,7 +143,7 @@ def test_bad_input_solo_linear_refuses_unsafe_checkpoint_unless_trusted(vit_mode
     from solo.backbones import vit_tiny
 
     from sop_plugin.runtime import CheckpointError, UnsafeCheckpointWarning
-    from sop_plugin.solo.launch import load_backbone_weights
+    from sop_plugin.solo.attach import load_backbone_weights
 
     state = {k: v for k, v in vit_model.state_dict().items() if k.startswith("backbone.")}
     # solo-learn style: OmegaConf hyper-parameters load with the safe loader

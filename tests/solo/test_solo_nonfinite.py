@@ -77,7 +77,7 @@ def test_solo_nonfinite_skip_drops_the_step(
     model = trainer.lightning_module
     assert trainer.global_step == STEPS and model.skipped_steps == 1
     # the skipped step wrote nothing into the memories: 3 steps of 5 images each
-    assert int(model.objective.class_memory.ptr) == (STEPS - 1) * 5
+    assert int(model.method.objective.class_memory.ptr) == (STEPS - 1) * 5
     for name, p in [*model.named_parameters(), *model.named_buffers()]:
         if p.is_floating_point():
             assert torch.isfinite(p).all(), name

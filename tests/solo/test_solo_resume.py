@@ -94,7 +94,7 @@ def test_solo_auto_resume_matches_uninterrupted_run(
         )
     expected, got = _final_state(straight_dir), _final_state(cut_dir)
     assert expected.keys() == got.keys()
-    assert any(k.startswith("objective.class_memory") for k in expected)
+    assert any(k.startswith("method.objective.class_memory") for k in expected)
     for key, value in expected.items():
         assert torch.allclose(got[key].float(), value.float(), rtol=0, atol=0), (
             key,
@@ -117,5 +117,5 @@ def test_solo_resume_without_rng_state_would_differ(
     _run(tiny_image_folder, cut_dir, ["auto_resume.enabled=True"], monkeypatch)
     expected, got = _final_state(straight_dir), _final_state(cut_dir)
     assert not torch.equal(got["backbone.cls_token"], expected["backbone.cls_token"]) or not torch.equal(
-        got["objective.class_memory.bank"], expected["objective.class_memory.bank"]
+        got["method.objective.class_memory.bank"], expected["method.objective.class_memory.bank"]
     )

@@ -89,7 +89,7 @@ def test_sigterm_mid_epoch_checkpoints_the_step_exits_143_and_resumes(tiny_image
     assert seen <= saved["global_step"] <= seen + 1
     assert f"at step {saved['global_step']} " in message
     assert ckpt.name.endswith(f"-ep=1-step={saved['global_step']}.ckpt")
-    assert "objective.class_memory.bank" in saved["state_dict"] and "rng_states" not in saved  # memories inside
+    assert "method.objective.class_memory.bank" in saved["state_dict"] and "rng_states" not in saved  # memories inside
     assert any("RNGStateCheckpoint" in key for key in saved["callbacks"])  # the RNG states travel with it
     # checkpoint.keep_prev=False: it replaced the epoch-0 checkpoint, so auto-resume finds it alone
     assert sorted(p.name for p in ckpt.parent.glob("*.ckpt")) == [ckpt.name]
