@@ -35,14 +35,7 @@ RANDOM_INIT = "random_init"
 RAW_PIXELS = "raw_pixels"
 #: per control, the keys it has; each is compared with the method metric of the same name
 CONTROL_KEYS: dict[str, tuple[str, ...]] = {
-    RANDOM_INIT: (
-        "finetune_top1",
-        "fewshot_top1.1pct",
-        "fewshot_top1.10pct",
-        "seg_miou",
-        "seg_pixel_acc",
-        "knn_top1_subset",
-    ),
+    RANDOM_INIT: QUALITY[5:],  # fine-tuning, few-shot, segmentation, per-epoch kNN
     RAW_PIXELS: ("knn_top1", "seg_miou", "seg_pixel_acc"),
 }
 

@@ -141,11 +141,12 @@ class BenchModule(L.LightningModule):
         return epoch, self.batches_done(epoch)
 
     def train(self, mode: bool = True) -> BenchModule:
-        """Lightning's train mode for the student side; the teacher (backbone and heads) stays in eval mode."""
+        """Lightning's train mode for the student side; the teacher backbone stays in eval mode.
+
+        The method keeps its own teacher heads in eval mode (:meth:`sop_plugin.methods.Method.train`).
+        """
         super().train(mode)
         self.teacher.eval()
-        for _, teacher in self.objective.momentum_pairs():
-            teacher.eval()
         return self
 
     # ------------------------------------------------------------------ forward passes

@@ -1,7 +1,7 @@
 """Anchor selection strategies, by name.
 
-Only ``uniform`` (without replacement, independent per set) is offered: DESIGN.md
-allows a density-aware rule only once it is documented and benchmarked against it.
+Only ``uniform`` (without replacement, independent per set) is offered: a density-aware rule would
+need its own definition and a benchmark against it first (docs/design-notes.md, "Anchor selection").
 """
 
 from __future__ import annotations

@@ -77,6 +77,13 @@ class Method(nn.Module):
         """Whether the host must mask the student's global views and pass patch tokens."""
         return self.masks is not None
 
+    def train(self, mode: bool = True) -> Method:
+        """Train mode for the student heads; the teacher heads stay in eval mode (the teacher is deterministic)."""
+        super().train(mode)
+        for _, teacher in self.momentum_pairs():
+            teacher.eval()
+        return self
+
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         """(student, teacher) modules of the method updated by the host's EMA."""
         return [(self.student_head, self.teacher_head)]

@@ -121,11 +121,12 @@ class MaskedMomentumMethod(BaseMomentumMethod):
         return cfg
 
     def train(self, mode: bool = True) -> MaskedMomentumMethod:
-        """Train mode for the student; the teacher (backbone and heads) stays deterministic (eval: no drop path)."""
+        """Train mode for the student; the teacher backbone stays deterministic (eval: no drop path).
+
+        The method keeps its own teacher heads in eval mode (:meth:`sop_plugin.methods.Method.train`).
+        """
         super().train(mode)
         self.momentum_backbone.eval()
-        for _, teacher in self.method.momentum_pairs():
-            teacher.eval()
         return self
 
     @property
@@ -256,7 +257,11 @@ class MaskedMomentumMethod(BaseMomentumMethod):
         metrics = {f"train_{name}_loss": result.loss}
         metrics.update({f"train_{name}_{k[5:]}_loss": v for k, v in result.logs.items() if k.startswith("loss_")})
         self.log_dict(metrics, on_epoch=True, sync_dist=True)
-        extras = {f"{name}_{k}": v for k, v in result.logs.items() if not k.startswith("loss_")}
+        extras = {
+            k if k.startswith(f"{name}_") else f"{name}_{k}": v
+            for k, v in result.logs.items()
+            if not k.startswith("loss_")
+        }
         self.log_dict(extras, on_epoch=False, on_step=True)
         return total
 

@@ -161,7 +161,7 @@ def _read_idx(path: Path) -> torch.Tensor:
 def test_raw_pixel_knn_on_fashion_mnist_subset() -> None:
     # Full 60k train set, first 1,000 test images (~2.5 s on 2 cores). The full
     # 10k test set gives 84.59 % with this weighted kNN (84.07 % with plain
-    # majority votes, the 84.1 % quoted in DESIGN.md); this subset gives 85.5 %.
+    # majority votes, the usual 84.1 %); this subset gives 85.5 %.
     train = raw_pixel_features(_read_idx(FASHION_MNIST / "train-images-idx3-ubyte.gz")[:, None])
     train_y = _read_idx(FASHION_MNIST / "train-labels-idx1-ubyte.gz")
     test = raw_pixel_features(_read_idx(FASHION_MNIST / "t10k-images-idx3-ubyte.gz")[:1000, None])

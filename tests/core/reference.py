@@ -1,4 +1,4 @@
-"""A deliberately naive float64 re-implementation of DESIGN.md section 1, for the tests.
+"""A deliberately naive float64 re-implementation of the method (SOP sets, assignment, losses), for the tests.
 
 Loops over anchors and rows; shares no code with sop_plugin.core.
 """

@@ -18,12 +18,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.plugins.io import TorchCheckpointIO
-
 from sop_plugin.bench import callbacks, cli, runner
+from sop_plugin.runtime.checkpoint_io import AtomicCheckpointIO
 
 _original = callbacks.StepTimer.on_train_batch_end
-_original_save = TorchCheckpointIO.save_checkpoint
+_original_commit = AtomicCheckpointIO._commit
 PROGRESS = os.environ.get("SOP_TEST_PROGRESS")
 SLOW_SAVE = float(os.environ.get("SOP_TEST_SLOW_SAVE", "0"))
 SLOW_EVAL = float(os.environ.get("SOP_TEST_SLOW_EVAL", "0"))
@@ -39,12 +38,12 @@ def _slow(self: Any, trainer: Any, *args: Any) -> None:
     time.sleep(0.2)
 
 
-def _slow_save(self: Any, checkpoint: dict, path: Any, storage_options: Any = None) -> None:
-    _original_save(self, checkpoint, path, storage_options)
+def _slow_commit(self: Any, checkpoint: dict, tmp: Path, path: Path) -> None:
     if PROGRESS:
         with open(f"{PROGRESS}.saves", "a") as f:
-            f.write(f"{checkpoint.get('global_step')} {path}\n")
+            f.write(f"{checkpoint.get('global_step')} {tmp}\n")
     time.sleep(SLOW_SAVE)
+    _original_commit(self, checkpoint, tmp, path)
 
 
 def _slow_eval(method: str, *args: Any, **kwargs: Any) -> Any:
@@ -57,7 +56,7 @@ def _slow_eval(method: str, *args: Any, **kwargs: Any) -> Any:
 if __name__ == "__main__":
     callbacks.StepTimer.on_train_batch_end = _slow  # type: ignore[method-assign]
     if SLOW_SAVE > 0:
-        TorchCheckpointIO.save_checkpoint = _slow_save  # type: ignore[method-assign]
+        AtomicCheckpointIO._commit = _slow_commit  # type: ignore[method-assign]
     if SLOW_EVAL > 0:
         runner.evaluate_fitted = _slow_eval
     cli.main()
