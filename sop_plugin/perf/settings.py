@@ -7,6 +7,7 @@ objective; DINO and iBOT keep their prototype counts of the profile the setting 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,17 @@ _TINY = (
     "crops.num_local=1 train.batch_size=8 head.head_hidden_dim=64 dino.num_prototypes=128 ibot.num_prototypes=128 "
     "sop.class_memory_size=256 sop.patch_memory_size=256 sop.class_num_anchors=8 sop.patch_num_anchors=16"
 ).split()
+
+#: the full (GPU) profile as a perf setting
+_VIT_SMALL = PerfSetting(
+    "vit_small_224",
+    ("profile=full", "train.batch_size=64", "~crops.extra"),
+    channels=3,
+    warmup=3,
+    steps=10,
+    description="the full (GPU) profile: ViT-S/16 at 224 px, batch 64, 2x224 + 10x96 px crops, "
+    "SOP class memory 65,536, DINO 65,536 / iBOT 8,192 prototypes (bf16 on GPU)",
+)
 
 PERF_SETTINGS: dict[str, PerfSetting] = {
     s.name: s
@@ -98,24 +110,13 @@ PERF_SETTINGS: dict[str, PerfSetting] = {
             description="timm ViT-Tiny/16 (dim 192, depth 12, 3 heads) at 224 px, batch 16, 2x224 + 2x96 px crops, "
             "SOP class memory 65,536, DINO 65,536 / iBOT 8,192 prototypes",
         ),
-        PerfSetting(
-            "vit_small_224",
-            ("profile=full", "train.batch_size=64", "~crops.extra"),
-            channels=3,
-            warmup=3,
-            steps=10,
-            description="the full (GPU) profile: ViT-S/16 at 224 px, batch 64, 2x224 + 10x96 px crops, "
-            "SOP class memory 65,536, DINO 65,536 / iBOT 8,192 prototypes (bf16 on GPU)",
-        ),
-        PerfSetting(
-            "vit_small_224_b128",
-            ("profile=full", "train.batch_size=128", "~crops.extra"),
-            channels=3,
-            warmup=3,
-            steps=10,
-            description="vit_small_224 at batch 128 per GPU, so that the GPU rather than the host sets the pace: "
-            "ViT-S/16 at 224 px, 2x224 + 10x96 px crops, SOP class memory 65,536, DINO 65,536 / iBOT 8,192 "
-            "prototypes (bf16 on GPU; benchmarks/gpu_run.sh)",
+        _VIT_SMALL,
+        dataclasses.replace(
+            _VIT_SMALL,
+            name="vit_small_224_b128",
+            overrides=("profile=full", "train.batch_size=128", "~crops.extra"),
+            description="vit_small_224 at batch 128 per GPU, so that the GPU rather than the host sets the pace "
+            "(benchmarks/gpu_run.sh)",
         ),
         PerfSetting(
             "tiny",
