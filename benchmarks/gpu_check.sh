@@ -24,10 +24,18 @@ if compgen -G ".whl/*.whl" > /dev/null; then
   export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-}
+# sop-perf runs as `python -m sop_plugin.perf.cli`, not through its console script (sop_plugin.launchers,
+# which sets the same policy before torch loads): the policy is set here; one in the environment wins
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 OUT_DIR=${OUT:-docs/results/perf/gpu}
 mkdir -p "$OUT_DIR"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-"$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
+"$PY" - <<'EOF'
+import torch
+
+assert torch.cuda.is_available(), "no CUDA device"
+print("torch", torch.__version__, torch.cuda.get_device_name(0))
+EOF
 start=$SECONDS
 timeout 450 "$PY" -m sop_plugin.perf.cli out="$OUT_DIR" device=cuda \
   settings=vit_small_224,vit_tiny_224,vit_tiny_28 parts=step,retrieval "$@" 2>&1 | tee "$OUT_DIR/perf.log"

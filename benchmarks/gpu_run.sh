@@ -34,7 +34,11 @@ cd "$(dirname "$0")/.."
 
 DRY=${GPU_RUN_DRY:-0}
 PY=${PYTHON:-python3}
-if [ "$DRY" = 1 ]; then OUT=${OUT:-runs/gpu-dry}; else OUT=${OUT:-runs/gpu}; fi
+if [ "$DRY" = 1 ]; then
+  OUT=${OUT:-runs/gpu-dry}
+else
+  OUT=${OUT:-runs/gpu}
+fi
 WORK=${GPU_RUN_WORK:-$(mktemp -d "${TMPDIR:-/tmp}/gpu_run.XXXXXX")}
 BUDGET=${GPU_RUN_BUDGET_S:-510}
 mkdir -p "$OUT" "$WORK"
@@ -49,61 +53,99 @@ exec > >(tee "$OUT/gpu_run.log") 2>&1
 TEE_PID=$!
 
 export PYTHONUNBUFFERED=1 PIP_NO_INDEX=1 WANDB_MODE=disabled HF_HUB_OFFLINE=1
+# the stages run the tools as `python -m MODULE`, not through their console scripts (sop_plugin.launchers,
+# which set the same policy before torch loads): the policy is set here; one in the environment wins
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 
-echo "gpu_run: $([ "$DRY" = 1 ] && echo "DRY RUN on the CPU (toy sizes)" || echo "GPU run"); out $OUT, scratch $WORK, budget ${BUDGET} s"
+if [ "$DRY" = 1 ]; then
+  MODE="DRY RUN on the CPU (toy sizes)"
+else
+  MODE="GPU run"
+fi
+echo "gpu_run: $MODE; out $OUT, scratch $WORK, budget ${BUDGET} s"
 
-# ---------------------------------------------------------------- environment: carried wheels, solo-learn's tree
+# ---------------------------------------------------------------- environment: carried wheels, solo-learn
 if [ "$DRY" != 1 ] && compgen -G ".whl/*.whl" >/dev/null; then
   echo "installing $(ls .whl/*.whl | wc -l) carried wheels into /tmp/site (no index, no deps)"
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl \
     || echo "WARNING: installing the carried wheels failed; stages that need them will fail"
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 elif [ "$DRY" = 1 ]; then
   echo "dry run: the carried wheels are not installed (this environment has its own packages)"
 fi
+# sop_plugin from this checkout for every stage (gpu_solo_check.py and the runs it launches included)
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 
-SOLO_TGZ=${SOLO_TGZ:-$(ls .whl/solo-learn-*.tar.gz ${PIP_FIND_LINKS:-.whl}/solo-learn-*.tar.gz 2>/dev/null | head -1 || true)}
+if [ -z "${SOLO_TGZ:-}" ]; then
+  SOLO_TGZ=$(ls .whl/solo-learn-*.tar.gz ${PIP_FIND_LINKS:-.whl}/solo-learn-*.tar.gz 2>/dev/null \
+    | head -1 || true)
+fi
 SOLO_ROOT=none  # sop-solo-pretrain's own launcher, unless solo-learn's tree (its main_pretrain.py) travelled
 if [ -n "$SOLO_TGZ" ] && mkdir -p "$WORK/solo-src" && tar -xzf "$SOLO_TGZ" -C "$WORK/solo-src"; then
   main=$(find "$WORK/solo-src" -maxdepth 2 -name main_pretrain.py | head -1)
-  if [ -n "$main" ]; then SOLO_ROOT=$(dirname "$main"); fi
+  if [ -n "$main" ]; then
+    SOLO_ROOT=$(dirname "$main")
+  fi
 fi
 
 if [ "$DRY" = 1 ]; then
   DEVICE=cpu
-  FMNIST=${FMNIST:-$( [ -d .data/fashion-mnist ] && echo .data/fashion-mnist || echo /usr/share/datasets/fashion-mnist )}
+  if [ -d .data/fashion-mnist ]; then
+    FMNIST=${FMNIST:-.data/fashion-mnist}
+  else
+    FMNIST=${FMNIST:-/usr/share/datasets/fashion-mnist}
+  fi
 else
   DEVICE=cuda
   FMNIST=${FMNIST:-.data/fashion-mnist}
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 fi
-echo "python: $("$PY" -c 'import sys; print(sys.version.split()[0], sys.executable)'); $(nproc) cores; data $FMNIST; solo-learn tree: $SOLO_ROOT"
+PY_VERSION=$("$PY" -c 'import sys; print(sys.version.split()[0], sys.executable)')
+echo "python: $PY_VERSION; $(nproc) cores; data $FMNIST; solo-learn tree: $SOLO_ROOT"
 GPU_RUN_DRY=$DRY "$PY" - <<'EOF' || true
-import glob, os, site, subprocess
+import glob
+import os
+import site
+import subprocess
 from importlib import metadata
-names = ("torch", "lightning", "timm", "lightly", "hydra-core", "omegaconf", "faiss-cpu", "faiss-gpu-cu12", "solo-learn")
-found = []
-for name in names:
+
+NAMES = ("torch", "lightning", "timm", "lightly", "hydra-core", "omegaconf")
+NAMES += ("faiss-cpu", "faiss-gpu-cu12", "solo-learn")
+
+
+def version(name):
     try:
-        found.append(f"{name} {metadata.version(name)}")
+        return f"{name} {metadata.version(name)}"
     except metadata.PackageNotFoundError:
-        found.append(f"{name} -")
-print("  " + ", ".join(found))
+        return f"{name} -"
+
+
+def sh(command):
+    return subprocess.run(["sh", "-c", command], capture_output=True, text=True).stdout
+
+
+print("  " + ", ".join(version(name) for name in NAMES))
 if os.environ.get("GPU_RUN_DRY") != "1":
     import torch
-    print(f"  torch CUDA {torch.version.cuda}: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'NO GPU'}")
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "NO GPU"
+    print(f"  torch CUDA {torch.version.cuda}: {gpu}")
     try:
         import faiss
-        print(f"  faiss {faiss.__version__}: GPUs seen {faiss.get_num_gpus() if hasattr(faiss, 'get_num_gpus') else 0}")
     except ImportError as err:
         print(f"  faiss not importable: {err}")
-# would a CUDA 12 faiss-gpu wheel load here? it needs libcublas.so.12 (nvidia-cublas-cu12 is a 581 MB wheel)
-ld = subprocess.run(["sh", "-c", "ldconfig -p 2>/dev/null | grep -c libcublas.so.12 || true"], capture_output=True, text=True).stdout.strip()
-wheels = [p for d in site.getsitepackages() for p in glob.glob(os.path.join(d, "nvidia", "*", "lib", "libcublas.so.12*"))]
-shm = subprocess.run(["sh", "-c", "df -h /dev/shm | tail -1"], capture_output=True, text=True).stdout.split()
-print(f"  libcublas.so.12: {'found' if ld not in ('', '0') or wheels else 'not found'}; /dev/shm free: {shm[3] if len(shm) > 3 else '?'}")
+    else:
+        gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+        print(f"  faiss {faiss.__version__}: GPUs seen {gpus}")
+# would a CUDA 12 faiss-gpu wheel load here? it needs libcublas.so.12 (nvidia-cublas-cu12: a 581 MB wheel)
+ld = sh("ldconfig -p 2>/dev/null | grep -c libcublas.so.12 || true").strip()
+pattern = os.path.join("nvidia", "*", "lib", "libcublas.so.12*")
+wheels = [p for d in site.getsitepackages() for p in glob.glob(os.path.join(d, pattern))]
+cublas = "found" if ld not in ("", "0") or wheels else "not found"
+shm = sh("df -h /dev/shm | tail -1").split()
+free = shm[3] if len(shm) > 3 else "?"
+print(f"  libcublas.so.12: {cublas}; /dev/shm free: {free}")
 EOF
 
 # ---------------------------------------------------------------- stage runner
@@ -125,7 +167,11 @@ run_stage() {
   local t0=$SECONDS rc=0
   STAGE_LIMIT=$limit timeout --kill-after=15 "$limit" "$@" || rc=$?
   local status=ok
-  if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then status=timeout; elif [ "$rc" -ne 0 ]; then status="failed (exit $rc)"; fi
+  if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+    status=timeout
+  elif [ "$rc" -ne 0 ]; then
+    status="failed (exit $rc)"
+  fi
   [ "$status" = ok ] || FAILED=$((FAILED + 1))
   echo "=== stage $id ($name): $status in $((SECONDS - t0)) s"
   printf '%s\t%s\t%s\t%s\t%s\n' "$id" "$name" "$status" $((SECONDS - t0)) "$limit" >>"$STAGES"
@@ -138,11 +184,19 @@ skip_stage() {  # skip_stage ID NAME REASON
   printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "skipped: $3" 0 0 >>"$STAGES"
 }
 keep() {  # keep SRC DEST_NAME: copy a stage's file into $OUT when it exists
-  if [ -f "$1" ]; then cp "$1" "$OUT/$2"; else echo "(no $1)"; fi
+  if [ -f "$1" ]; then
+    cp "$1" "$OUT/$2"
+  else
+    echo "(no $1)"
+  fi
 }
 
 # planned seconds per stage (dry: generous for a loaded 2-core machine)
-if [ "$DRY" = 1 ]; then P1=120 P2=60 P4=150 P3=150; else P1=120 P2=60 P4=140 P3=190; fi
+if [ "$DRY" = 1 ]; then
+  P1=120 P2=60 P4=150 P3=150
+else
+  P1=120 P2=60 P4=140 P3=190
+fi
 
 # ---------------------------------------------------------------- stage 1: step time, memory, breakdown
 if [ "$DRY" = 1 ]; then
@@ -178,7 +232,8 @@ if [ "$DRY" = 1 ]; then
   # folder of its own on this Python's path; without the wheel, the solo-learn venv of the tests
   wheel=$(ls .whl/solo_learn-*.whl ${PIP_FIND_LINKS:-.whl}/solo_learn-*.whl 2>/dev/null | head -1 || true)
   if [ -z "${SOLO_PYTHON:-}" ] && ! "$PY" -c "import solo" 2>/dev/null; then
-    if [ -n "$wheel" ] && "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$WORK/site-solo" "$wheel"; then
+    if [ -n "$wheel" ] \
+      && "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$WORK/site-solo" "$wheel"; then
       SOLO_PATH=$WORK/site-solo:$PYTHONPATH
       echo "stage 4 (dry): solo-learn from $wheel, installed as on the device (no deps) into $WORK/site-solo"
     elif [ -x .venv-solo/bin/python ]; then
@@ -186,12 +241,15 @@ if [ "$DRY" = 1 ]; then
     fi
   fi
 else
-  SOLO_ARGS=(--device cuda --steps "${SOLO_STEPS:-100}" --batch 128 --workers "${SOLO_WORKERS:-$(( $(nproc) > 13 ? 12 : $(nproc) - 1 ))}")
+  SOLO_WORKERS=${SOLO_WORKERS:-$(( $(nproc) > 13 ? 12 : $(nproc) - 1 ))}
+  SOLO_ARGS=(--device cuda --steps "${SOLO_STEPS:-100}" --batch 128 --workers "$SOLO_WORKERS")
 fi
 if ! want 4; then
   :
 elif SOLO_WHY=$(PYTHONPATH=$SOLO_PATH "$SOLO_PY" -c "import solo" 2>&1); then
-  [ "$SOLO_ROOT" = none ] && echo "no solo-learn source tree (solo-learn-*.tar.gz): sop-solo-pretrain uses its own launcher"
+  if [ "$SOLO_ROOT" = none ]; then
+    echo "no solo-learn source tree (solo-learn-*.tar.gz): sop-solo-pretrain uses its own launcher"
+  fi
   run_stage 4 "solo-learn SOP+iBOT" $P4 $P3 env PYTHONPATH="$SOLO_PATH" \
     "$SOLO_PY" benchmarks/gpu_solo_check.py --out "$WORK/solo.json" --work "$WORK/solo" --data "$FMNIST" \
     --solo-root "$SOLO_ROOT" --python "$SOLO_PY" "${SOLO_ARGS[@]}"

@@ -15,7 +15,9 @@ Writes one JSON (``--out``) and prints one line per method. Exit status: 0 when 
 1 otherwise (the JSON says why).
 
 Usage: ``python benchmarks/gpu_solo_check.py --out solo.json --work DIR --data FASHION_MNIST_DIR
-[--device cuda|cpu] [--steps 100] [--batch 128] [--solo-root DIR|none] [--timeout S] [--workers N]``
+[--device cuda|cpu] [--steps 100] [--batch 128] [--solo-root DIR|none] [--timeout S] [--workers N]``,
+with ``sop_plugin`` importable: installed, or the repository on ``PYTHONPATH`` (``gpu_run.sh`` puts it
+there, and the runs launched here get it the same way, :func:`child_env`).
 """
 
 from __future__ import annotations
@@ -209,6 +211,7 @@ def memory_fill(state: dict[str, torch.Tensor], ckpt: Path, written: int) -> dic
 
 
 def newest(paths: list[Path]) -> Path | None:
+    """The most recently modified of ``paths``; None when there is none."""
     return max(paths, key=lambda p: p.stat().st_mtime) if paths else None
 
 
@@ -297,15 +300,23 @@ def summary_line(method: str, rec: dict[str, Any]) -> str:
         parts.append("losses finite" if losses.get("ok") else f"losses NOT finite/missing {losses}")
     mem = rec.get("memories", {}).get("class_memory")
     if mem:
-        parts.append(
-            f"class memory {mem['changed_rows']}/{mem['rows']} rows filled (expected {mem['expected_changed_rows']})"
-        )
+        filled = f"{mem['changed_rows']}/{mem['rows']}"
+        parts.append(f"class memory {filled} rows filled (expected {mem['expected_changed_rows']})")
     if rec.get("reason"):
         parts.append(str(rec["reason"]))
     return ", ".join(parts)
 
 
-def main(argv: list[str] | None = None) -> int:
+def absolute_python(python: str) -> str:
+    """``python`` as an absolute path (the runs start in another folder): a path made absolute, a bare
+    name looked up on ``PATH`` (kept as it is where it is not found there)."""
+    if os.sep in python:
+        return os.path.abspath(python)
+    return shutil.which(python) or python
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line of the module docstring; ``--python`` made absolute (:func:`absolute_python`)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--out", required=True, help="the JSON report")
     parser.add_argument("--work", required=True, help="a scratch folder (image folder, runs)")
@@ -313,9 +324,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--limit", type=int, default=None, help="images exported per split (default steps x batch)")
+    parser.add_argument("--limit", type=int, default=None, help="images per split (default: steps x batch)")
     parser.add_argument("--workers", type=int, default=8, help="data.num_workers")
-    parser.add_argument("--solo-root", default=os.environ.get("SOLO_LEARN_ROOT", ""), help="solo-learn clone or none")
+    solo_root = os.environ.get("SOLO_LEARN_ROOT", "")
+    parser.add_argument("--solo-root", default=solo_root, help="solo-learn clone or none")
     parser.add_argument(
         "--timeout",
         type=float,
@@ -327,9 +339,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipe", default="", help="scripts/pretrain/<recipe> (default: by --device)")
     parser.add_argument("--extra", nargs="*", default=[], help="more hydra overrides for every run")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(REPO))  # sop_plugin from this checkout, also when it is not installed
-    # absolute: the runs start in another folder
-    args.python = os.path.abspath(args.python) if os.sep in args.python else shutil.which(args.python) or args.python
+    args.python = absolute_python(args.python)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Export, train and check each method (module docstring); 0 when every method passed, else 1."""
+    args = parse_args(argv)
     signal.signal(signal.SIGTERM, _stop_child)
     args.workers = shm_workers(args.workers, args.batch, args.device)
     args.knn_eval, why = knn_eval_works()

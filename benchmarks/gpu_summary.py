@@ -18,6 +18,7 @@ METHODS = ("sop", "ibot", "dino")
 
 
 def _load(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``; None when it is missing, unreadable or not an object."""
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -41,9 +42,8 @@ def perf_result(perf: dict[str, Any] | None) -> list[str]:
                 text += f" (GPU {r['gpu_median_s'] * 1e3:.0f} ms"
                 text += f", kernels {r['gpu_busy_fraction']:.0%})" if "gpu_busy_fraction" in r else ")"
             parts.append(f"{text}, {r['peak_mb']:.0f} MiB")
-        ratios = ", ".join(
-            f"SOP/{o} {rec[f'ratio_sop_over_{o}']:.2f}" for o in ("ibot", "dino") if f"ratio_sop_over_{o}" in rec
-        )
+        others = [o for o in ("ibot", "dino") if f"ratio_sop_over_{o}" in rec]
+        ratios = ", ".join(f"SOP/{o} {rec[f'ratio_sop_over_{o}']:.2f}" for o in others)
         lines.append(f"{setting}, batch {rec.get('batch_size')}, {rec.get('precision')}: " + "; ".join(parts))
         if ratios:
             lines.append(ratios)
@@ -79,7 +79,8 @@ def bench_result(res: dict[str, Any] | None) -> list[str]:
         return ["no bench_results.json"]
     lines = [f"raw-pixel kNN floor {res.get('raw_pixel_knn_top1', float('nan')):.2f}"]
     for m, r in res["methods"].items():
-        text = f"{m}: kNN {r.get('knn_top1', float('nan')):.2f}, linear {r.get('linear_top1', float('nan')):.2f}"
+        knn, linear = r.get("knn_top1", float("nan")), r.get("linear_top1", float("nan"))
+        text = f"{m}: kNN {knn:.2f}, linear {linear:.2f}"
         final = (r.get("collapse") or {}).get("final") or {}
         if "backbone_erank" in final:
             text += f", backbone erank {final['backbone_erank']:.1f}"
@@ -147,6 +148,7 @@ def console(rows: list[tuple[list[str], list[str]]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``OUT STAGES_TSV`` -> ``OUT/summary.md`` and the table on the console; 2 on bad arguments."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
         print(__doc__, file=sys.stderr)

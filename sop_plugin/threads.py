@@ -7,11 +7,10 @@ the spinning threads take the CPU time the working thread needs, and a step that
 ``OMP_WAIT_POLICY=PASSIVE`` makes waiting threads sleep instead. libgomp reads the
 variable once, when torch is loaded, so it has to be set before ``import torch``.
 
-Importing this module sets ``OMP_WAIT_POLICY=PASSIVE`` unless the environment already
-names a policy (yours wins) or torch is already loaded (too late to take effect). The
-entry points of ``sop-bench``, ``sop-perf`` and the solo-learn launchers import it before
-anything that imports torch. The thread count stays torch's default (one per core);
-``threads=N`` (``sop-bench``, ``sop-perf``) or ``OMP_NUM_THREADS`` override it.
+Importing this module changes nothing: the console scripts (:mod:`sop_plugin.launchers`)
+call :func:`prefer_passive_wait` before they import anything that loads torch. The thread
+count stays torch's default (one per core); ``threads=N`` (``sop-bench``, ``sop-perf``) or
+``OMP_NUM_THREADS`` override it.
 """
 
 from __future__ import annotations
@@ -24,11 +23,12 @@ WAIT_POLICY = "PASSIVE"
 
 
 def prefer_passive_wait() -> bool:
-    """Set ``OMP_WAIT_POLICY=PASSIVE`` if nothing set a policy and torch is not loaded yet; True when set."""
+    """Set ``OMP_WAIT_POLICY=PASSIVE`` if nothing set a policy and torch is not loaded yet; True when set.
+
+    The environment wins (a policy already set is kept), and once torch is loaded nothing is
+    set, as it could no longer take effect.
+    """
     if "OMP_WAIT_POLICY" in os.environ or "torch" in sys.modules:
         return False
     os.environ["OMP_WAIT_POLICY"] = WAIT_POLICY
     return True
-
-
-prefer_passive_wait()

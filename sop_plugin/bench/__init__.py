@@ -1,1 +1,4 @@
-"""Benchmark: SOP vs DINO vs iBOT on one shared pipeline (docs/design-notes.md, README "What sop-bench writes")."""
+"""Benchmark: SOP vs DINO vs iBOT on one shared pipeline.
+
+See docs/design-notes.md and README "What sop-bench writes".
+"""

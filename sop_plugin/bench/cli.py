@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import sop_plugin.threads  # noqa: F401  (OMP_WAIT_POLICY=PASSIVE unless set: before anything loads torch)
-
-# isort: split
 import sys
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from sop_plugin.bench.runner import ConfigError, run
+from sop_plugin.bench.checks import ConfigError
+from sop_plugin.bench.runner import run
 from sop_plugin.data.errors import DatasetCorruptError, DatasetNotFoundError
 from sop_plugin.runtime import CheckpointError, NonFiniteLossError
 from sop_plugin.runtime.devices import is_rank_zero
-from sop_plugin.runtime.interrupt import Interrupted
 from sop_plugin.runtime.resume_message import interrupted_message
+from sop_plugin.runtime.signals import Interrupted
 
 #: exit status of a bad setting, missing/corrupt data or an unusable checkpoint
 EXIT_BAD_INPUT = 2

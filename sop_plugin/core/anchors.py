@@ -1,14 +1,13 @@
-"""Anchor selection strategies, by name.
+"""Anchor selection rules by name (setting ``anchor_selection``); this module imports none of them.
 
-Only ``uniform`` (without replacement, independent per set) is offered: a density-aware rule would
-need its own definition and a benchmark against it first (docs/design-notes.md, "Anchor selection").
+A rule ``fn(memory_size, num_anchors, num_sets, generator, device) -> [T, P] long`` registers itself
+here; only ``uniform`` (:func:`~sop_plugin.core.sops.sample_anchors`) exists (docs/design-notes.md).
 """
-
-from __future__ import annotations
 
 from collections.abc import Callable
 
-from sop_plugin.core.sops import sample_anchors
+from torch import Tensor
 
-#: name -> fn(memory_size, num_anchors, num_sets, generator, device) -> [T, P] long
-ANCHOR_SELECTORS: dict[str, Callable[..., object]] = {"uniform": sample_anchors}
+from sop_plugin.registry import Registry
+
+ANCHOR_SELECTORS: Registry[Callable[..., Tensor]] = Registry("anchor selection")

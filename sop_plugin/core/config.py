@@ -14,10 +14,7 @@ from sop_plugin.core.retrieval import RETRIEVAL_BACKENDS
 
 @dataclass
 class SOPConfig:
-    """Every SOP hyper-parameter; defaults follow the paper (Silva et al., ICML 2025) and the authors' code.
-
-    Recipes and sources: ``docs/design-notes.md``.
-    """
+    """Every SOP hyper-parameter; defaults follow the paper and the authors' code (docs/design-notes.md)."""
 
     dim: int = 256  # head bottleneck = memory dimension
     head_hidden_dim: int = 2048
@@ -27,7 +24,8 @@ class SOPConfig:
     class_num_sets: int = 4
     class_num_anchors: int = 64
     class_num_supports: int = 8
-    anchor_keep: float = 1.0  # fraction of the drawn anchors kept where SOPs have SEs (the authors: 0.5, "random half")
+    # fraction of the drawn anchors kept where SOPs have SEs (the authors: 0.5, a "random half")
+    anchor_keep: float = 1.0
     patch_num_sets: int = 1
     patch_num_anchors: int = 512
     patch_num_supports: int = 0
@@ -49,10 +47,8 @@ class SOPConfig:
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], extra: Iterable[str] = ()) -> SOPConfig:
-        """Build from a mapping of field names (a hydra/OmegaConf node works), cast and validated.
-
-        Keys in ``extra`` belong to the host and are ignored; any other unknown key is an error.
-        """
+        """Build from a mapping of field names (a hydra/OmegaConf node works), cast and validated;
+        keys in ``extra`` belong to the host and are ignored, any other unknown key is an error."""
         return cls(**typed_fields(cls, values, extra, "SOP")).validate()
 
     def validate(self, global_batch_size: int | None = None) -> SOPConfig:
@@ -90,29 +86,24 @@ class SOPConfig:
                     f"global batch {global_batch_size} exceeds {level}_memory_size={size}: "
                     f"the memory must hold at least one step of embeddings"
                 )
+            if k > 0 and round(self.anchor_keep * p) < 2:
+                keep = f"anchor_keep={self.anchor_keep}"
+                errors.append(f"{keep} keeps fewer than 2 of the {p} {level} anchors: raise it")
         if not 0.0 < self.anchor_keep <= 1.0:
             errors.append(f"anchor_keep={self.anchor_keep} must be in (0, 1]")
-        for level in ("class", "patch"):
-            p, k = getattr(self, f"{level}_num_anchors"), getattr(self, f"{level}_num_supports")
-            if k > 0 and round(self.anchor_keep * p) < 2:
-                errors.append(f"anchor_keep={self.anchor_keep} keeps fewer than 2 of the {p} {level} anchors: raise it")
         if self.memory_view not in (0, 1):
             errors.append(f"memory_view={self.memory_view} must be 0 or 1 (one of the two global views)")
-        if self.anchor_selection not in ANCHOR_SELECTORS:
-            errors.append(f"anchor_selection={self.anchor_selection!r}; choose one of {sorted(ANCHOR_SELECTORS)}")
-        if self.retrieval not in RETRIEVAL_BACKENDS:
-            errors.append(f"retrieval={self.retrieval!r}; choose one of {sorted(RETRIEVAL_BACKENDS)}")
+        for name, registry in (("anchor_selection", ANCHOR_SELECTORS), ("retrieval", RETRIEVAL_BACKENDS)):
+            if getattr(self, name) not in registry:
+                errors.append(f"{name}={getattr(self, name)!r}; choose one of {registry.names()}")
         if errors:
             raise ValueError("invalid SOP settings:\n  - " + "\n  - ".join(errors))
         return self
 
 
-def typed_fields(cls: type, values: Mapping[str, Any], extra: Iterable[str] = (), what: str = "") -> dict[str, Any]:
-    """The fields of dataclass ``cls`` found in ``values``, cast to their declared types.
-
-    Keys in ``extra`` belong to the host and are skipped; any other unknown key is an error
-    (a typo must not silently fall back to a default). Every problem is listed in one ``ValueError``.
-    """
+def typed_fields(cls: type, values: Mapping[str, Any], extra: Iterable[str], what: str) -> dict[str, Any]:
+    """The fields of dataclass ``cls`` found in ``values``, cast to their declared types; keys in
+    ``extra`` are the host's and skipped. Unknown keys (typos) and bad values raise one ``ValueError``."""
     fields = {f.name: str(f.type) for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields) - set(extra))
     if unknown:

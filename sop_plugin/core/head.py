@@ -6,13 +6,10 @@ from torch import Tensor, nn
 
 
 class SOPHead(nn.Module):
-    """MLP (GELU, no BN) to a bottleneck, L2-normalised: [..., in_dim] -> [..., bottleneck_dim].
+    """MLP (GELU, no BN) to a bottleneck, L2-normalised: [..., in_dim] -> [..., bottleneck_dim]; SOP
+    scores embeddings against memory rows directly, so unlike DINO/iBOT it has no prototype layer."""
 
-    SOP scores embeddings against memory rows directly, so unlike DINO/iBOT heads it
-    has no weight-normalised prototype layer after the bottleneck.
-    """
-
-    def __init__(self, in_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256, num_layers: int = 3) -> None:
+    def __init__(self, in_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256, num_layers: int = 3):
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")

@@ -1,7 +1,9 @@
-"""The two SOP losses as pure functions of assignment probabilities.
+"""The two SOP losses (global SOP and SOP-MIM) as pure functions of assignment probabilities.
 
-Both are cross-entropies between a teacher assignment (target, no gradient) and a
-student assignment over the same SOP set; neither knows how the SOPs were built.
+Both are cross-entropies between a teacher assignment (target, no gradient) and a student assignment
+over the same SOP set; neither knows how the SOPs were built.
+Paper: "Self-Organizing Visual Prototypes for Non-Parametric Representation Learning"
+(Thalles Silva, Helio Pedrini, Adín Ramírez Rivera, ICML 2025).
 """
 
 from __future__ import annotations
@@ -14,14 +16,11 @@ LOG_EPS = 1e-12
 
 
 def sop_global_loss(student_probs: Tensor, teacher_probs: Tensor) -> Tensor:
-    """Class-level SOP loss averaged over sets, view pairs i != j and the batch.
+    """Class-level SOP loss: the mean over T sets, view pairs (teacher i, student j != i) and B images.
 
     Args:
         student_probs: [T, V, B, P] student assignments of all V views (globals first).
         teacher_probs: [T, G, B, P] teacher assignments of the G global views.
-
-    Returns:
-        scalar: mean over T sets, over pairs (teacher view i, student view j != i), over B.
     """
     if student_probs.ndim != 4 or teacher_probs.ndim != 4:
         raise ValueError("sop_global_loss expects [T, V, B, P] and [T, G, B, P] tensors")
@@ -35,17 +34,17 @@ def sop_global_loss(student_probs: Tensor, teacher_probs: Tensor) -> Tensor:
     return ce[:, pair].mean()
 
 
-def sop_mim_loss(student_probs: Tensor, teacher_probs: Tensor, image_index: Tensor, num_images: int) -> Tensor:
+def sop_mim_loss(student_probs: Tensor, teacher_probs: Tensor, image_idx: Tensor, num_images: int) -> Tensor:
     """Patch-level SOP-MIM loss over masked patches only.
 
-    Cross-entropy per masked patch, averaged over each image's masked patches, then
-    summed over images and divided by ``num_images`` (images without a masked patch
-    count as zero, as in iBOT and lightly's ``IBOTPatchLoss``), then averaged over sets.
+    Cross-entropy per masked patch, averaged over each image's masked patches, summed over images and
+    divided by ``num_images`` (an image without a masked patch counts as zero, as in iBOT and lightly's
+    ``IBOTPatchLoss``), then averaged over sets.
 
     Args:
         student_probs: [T, M, P] student assignments of the M masked patches.
         teacher_probs: [T, M, P] teacher assignments of the same patches (unmasked view).
-        image_index: [M] long, which image (0..num_images-1) each patch belongs to.
+        image_idx: [M] long, which image (0..num_images-1) each patch belongs to.
         num_images: number of images (views x batch) the patches come from.
     """
     if student_probs.shape != teacher_probs.shape or student_probs.ndim != 3:
@@ -56,6 +55,6 @@ def sop_mim_loss(student_probs: Tensor, teacher_probs: Tensor, image_index: Tens
     if student_probs.shape[1] == 0:
         return student_probs.sum() * 0.0
     ce = -(teacher_probs * student_probs.clamp_min(LOG_EPS).log()).sum(-1)  # [T, M]
-    counts = torch.bincount(image_index, minlength=num_images).clamp_min(1).to(ce.dtype)
-    per_patch_w = (1.0 / counts)[image_index]  # [M]
+    counts = torch.bincount(image_idx, minlength=num_images).clamp_min(1).to(ce.dtype)
+    per_patch_w = (1.0 / counts)[image_idx]  # [M]
     return (ce * per_patch_w).sum() / (num_images * t)

@@ -1,7 +1,9 @@
-"""FIFO memory of unit vectors (the support memory M_c / M_p of SOP).
+"""FIFO memory of unit vectors: the class and patch support memories of SOP.
 
 A module buffer, so it travels with ``state_dict`` and every checkpoint; enqueueing all-gathers
 across ranks first so that every DDP rank holds the same memory after each step.
+Paper: "Self-Organizing Visual Prototypes for Non-Parametric Representation Learning"
+(Thalles Silva, Helio Pedrini, Adín Ramírez Rivera, ICML 2025).
 """
 
 from __future__ import annotations
@@ -13,13 +15,8 @@ from sop_plugin.core.distributed import gather_across_ranks
 
 
 class SupportMemory(nn.Module):
-    """A FIFO queue of ``size`` L2-normalised ``dim``-vectors.
-
-    Args:
-        size: number of rows K.
-        dim: embedding dimension d.
-        seed: seed of the random unit vectors the memory starts with (same on every rank).
-    """
+    """A FIFO queue ``bank`` [size, dim] of unit vectors, starting as random ones drawn from ``seed``
+    (the same on every rank); ``ptr`` is the next row to overwrite."""
 
     bank: Tensor
     ptr: Tensor
@@ -43,11 +40,8 @@ class SupportMemory(nn.Module):
 
     @torch.no_grad()
     def enqueue(self, x: Tensor, gather: bool = True) -> None:
-        """Write ``x`` [n, d] (normalised here) over the oldest rows, wrapping around.
-
-        With ``gather`` and an initialised process group, rows from all ranks are
-        written (rank 0's first), so the memories stay identical on every rank.
-        """
+        """Write ``x`` [n, d] (normalised here) over the oldest rows, wrapping around; with ``gather``
+        and a process group, the rows of all ranks (rank 0's first), so every rank's memory agrees."""
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"enqueue expects [n, {self.dim}] embeddings, got {tuple(x.shape)}")
         x = x.detach()

@@ -1,10 +1,9 @@
-"""SOPObjective: the whole SOP training signal behind one module.
+"""SOPObjective: the whole SOP training signal (memories, SOP sets, both losses) behind one module.
 
-It owns the class and patch memories, builds fresh SOP sets every step, computes the
-global SOP loss on [CLS] embeddings and SOP-MIM on masked patch embeddings, and then
-enqueues teacher embeddings. Hosts (the benchmark, solo-learn) only feed it head
-outputs; everything random is drawn from generators seeded by (seed, step), so every
-DDP rank and every resumed run draws the same SOP sets.
+Hosts only feed it head outputs; everything random is drawn from generators seeded by (seed, step),
+so every DDP rank and every resumed run draws the same SOP sets.
+Paper: "Self-Organizing Visual Prototypes for Non-Parametric Representation Learning"
+(Thalles Silva, Helio Pedrini, Adín Ramírez Rivera, ICML 2025).
 """
 
 from __future__ import annotations
@@ -67,9 +66,8 @@ class SOPObjective(nn.Module):
         koleo: a module [B, d] -> scalar for the KoLeo term (the hosts pass lightly's
             ``KoLeoLoss``; core stays free of lightly); needed when ``cfg.koleo_weight > 0``.
 
-    Attributes:
-        timer: phases "sop_sets" (incl. "retrieval"), "assignment", "loss" and "memory_update"
-            are timed through ``timer.phase(label)``; :data:`NULL_TIMER` by default.
+    ``timer.phase(label)`` times "sop_sets" (incl. "retrieval"), "assignment", "loss" and
+    "memory_update" (:data:`NULL_TIMER` by default).
     """
 
     def __init__(
@@ -87,7 +85,7 @@ class SOPObjective(nn.Module):
         self.class_memory = SupportMemory(self.cfg.class_memory_size, self.cfg.dim, seed=self.cfg.seed)
         self.patch_memory = SupportMemory(self.cfg.patch_memory_size, self.cfg.dim, seed=self.cfg.seed + 1)
         self.retrieval = retrieval or get_retrieval(self.cfg.retrieval)
-        self._select = ANCHOR_SELECTORS[self.cfg.anchor_selection]
+        self._select = ANCHOR_SELECTORS.get(self.cfg.anchor_selection)
         #: detached tensors of the last step, for ``sop_plugin.runtime.explain_nonfinite`` (no copies)
         self.last_step: StepRecord | None = None
 
@@ -114,32 +112,20 @@ class SOPObjective(nn.Module):
         keep = round(c.anchor_keep * p) if k > 0 else p  # the authors halve only SOPs with SEs
         return sets if keep == p else keep_random_sops(sets, keep, self.generator(step, 3 + stream))
 
-    def memory_patch_index(
-        self, batch_size: int, num_patches: int, step: int, device: torch.device | str = "cpu"
-    ) -> Tensor:
-        """Which patch of global view ``memory_view`` each local image sends to the patch memory: [B] long.
-
-        Drawn for the global batch from the (seed, step) generator, then this rank's slice,
-        so DDP and single-process runs enqueue the same patches.
-        """
-        rank, world = rank_and_world()
-        pick = torch.randint(0, num_patches, (batch_size * world,), generator=self.generator(step, 2))
-        return pick[rank * batch_size : (rank + 1) * batch_size].to(device)
-
     def select_patches(self, masks: Tensor, step: int) -> tuple[Tensor, Tensor]:
         """Flat token indices a host must embed for SOP-MIM, so heads run on few patches only.
 
-        Args:
-            masks: [G, B, N] bool student masks.
-        Returns:
-            masked: [M] indices into the G*B*N tokens of the global views (masked patches);
-            memory: [B] indices into the B*N tokens of global view ``memory_view`` (patch-memory rows).
+        From student masks [G, B, N] bool: ``masked`` [M], indices into the G*B*N tokens of the
+        global views, and ``memory`` [B], indices into the B*N tokens of view ``memory_view`` (one
+        patch-memory row per image, drawn for the global batch from the (seed, step) generator, then
+        this rank's slice, so DDP and single-process runs enqueue the same patches).
         """
         g, b, n = masks.shape
         masked = torch.nonzero(masks.reshape(-1)).flatten()
-        pick = self.memory_patch_index(b, n, step, masks.device)
-        memory = torch.arange(b, device=masks.device) * n + pick
-        return masked, memory
+        rank, world = rank_and_world()
+        pick = torch.randint(0, n, (b * world,), generator=self.generator(step, 2))
+        memory = torch.arange(b) * n + pick[rank * b : (rank + 1) * b]
+        return masked, memory.to(masks.device)
 
     def forward(
         self,
@@ -155,26 +141,31 @@ class SOPObjective(nn.Module):
         """One step of SOP.
 
         ``student_cls`` [V, B, d]: student head outputs of all views (2 global first); ``teacher_cls``
-        [G, B, d]: the teacher's of the G global views; ``masks`` [G, B, N] bool (True: masked for the
-        student). Patch outputs come dense, [G, B, N, d], or pre-selected with :meth:`select_patches`
-        (the head then sees only those): [M, d] masked rows plus ``memory_patches`` [B, d]. ``step``
-        seeds the SOP sets and drives the temperature warm-up; ``update_memory`` enqueues afterwards.
+        [G, B, d]: the teacher's of the G global views; ``masks`` [G, B, N] bool (True: masked for
+        the student). Patch outputs come dense, [G, B, N, d], or pre-selected with
+        :meth:`select_patches` (the head then sees only those): [M, d] masked rows plus
+        ``memory_patches`` [B, d]. ``step`` seeds the SOP sets and drives the temperature warm-up;
+        ``update_memory`` enqueues afterwards.
         """
         c = self.cfg
-        self._check_shapes(student_cls, teacher_cls, student_patches, teacher_patches, masks)
+        problem = self._shape_problem(student_cls, teacher_cls, student_patches, teacher_patches, masks)
+        if problem:
+            raise ValueError(problem)
         teacher_cls = teacher_cls.detach()
         t_temp = self.teacher_temperature(step)
         v, b, d = student_cls.shape
         g = teacher_cls.shape[0]
 
         timer = self.timer
-        s_probs, t_probs = self._assign("class", step, student_cls.reshape(v * b, d), teacher_cls.reshape(g * b, d))
-        tn = s_probs.shape[0]
-        with timer.phase("loss"):
-            cls_loss = sop_global_loss(s_probs.view(tn, v, b, -1), t_probs.view(tn, g, b, -1))
+        s_flat, t_flat = student_cls.reshape(v * b, d), teacher_cls.reshape(g * b, d)
+        s_probs, t_probs = self._assign("class", step, s_flat, t_flat)
         stats = self._class_stats(t_probs)
-        record = StepRecord(step, c.student_temp, t_temp, student_cls.detach(), teacher_cls,
-                            s_probs.detach().view(tn, v, b, -1), t_probs.view(tn, g, b, -1))  # fmt: skip
+        s_probs = s_probs.view(-1, v, b, s_probs.shape[-1])
+        t_probs = t_probs.view(-1, g, b, t_probs.shape[-1])
+        with timer.phase("loss"):
+            cls_loss = sop_global_loss(s_probs, t_probs)
+        s_cls = student_cls.detach()
+        record = StepRecord(step, c.student_temp, t_temp, s_cls, teacher_cls, s_probs.detach(), t_probs)
 
         zero = cls_loss.new_zeros(())
         mim_loss = zero
@@ -191,7 +182,8 @@ class SOPObjective(nn.Module):
                 sp, tp = self._assign("patch", step, student_patches, teacher_patches)
                 with timer.phase("loss"):
                     mim_loss = sop_mim_loss(sp, tp, image_index, g * b)
-                record.patch_student, record.patch_teacher = student_patches.detach(), teacher_patches.detach()
+                record.patch_student = student_patches.detach()
+                record.patch_teacher = teacher_patches.detach()
                 record.patch_student_probs, record.patch_teacher_probs = sp.detach(), tp
                 record.patch_image_index, record.num_images = image_index, g * b
             stats["masked_fraction"] = float(masks.float().mean())
@@ -211,7 +203,7 @@ class SOPObjective(nn.Module):
         return SOPLossOutput(loss, cls_loss, mim_loss, koleo, t_temp, stats)
 
     def _assign(self, level: str, step: int, student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
-        """Fresh SOP sets of ``level``; student rows [N, d] and teacher rows [M, d] -> [T, N, P], [T, M, P]."""
+        """Fresh SOP sets of ``level``; student [N, d] and teacher [M, d] -> [T, N, P], [T, M, P]."""
         with self.timer.phase("sop_sets"):
             sets = self.build_sets(level, step)
         with self.timer.phase("assignment"):
@@ -222,49 +214,51 @@ class SOPObjective(nn.Module):
 
     @torch.no_grad()
     def update_memories(self, teacher_cls: Tensor, memory_patches: Tensor | None = None) -> None:
-        """Enqueue view ``memory_view``'s teacher [CLS] of every image and, if given, one patch row per image."""
+        """Enqueue view ``memory_view``'s teacher [CLS] and, if given, ``memory_patches`` [B, d]."""
         self.class_memory.enqueue(teacher_cls[self.cfg.memory_view].float())
         if memory_patches is not None:
             self.patch_memory.enqueue(memory_patches.detach().float())
 
-    # fmt: off
-    def _check_shapes(self, s_cls: Tensor, t_cls: Tensor, s_p: Tensor | None, t_p: Tensor | None,
-                      masks: Tensor | None) -> None:
-        d, shape = self.cfg.dim, lambda x: tuple(x.shape)
-        _require(s_cls.ndim == 3 and t_cls.ndim == 3,
-                 f"student_cls must be [V, B, d] and teacher_cls [G, B, d], got {shape(s_cls)} and {shape(t_cls)}")
-        _require(s_cls.shape[-1] == d and t_cls.shape[-1] == d, f"embeddings have dim {s_cls.shape[-1]}/"
-                 f"{t_cls.shape[-1]} but the SOP memories have dim={d}: set dim to the head's bottleneck dimension")
-        _require(t_cls.shape[1] == s_cls.shape[1] and t_cls.shape[0] <= s_cls.shape[0],
-                 "teacher_cls must have the student's batch size and at most its number of views")
-        _require(t_cls.shape[0] > self.cfg.memory_view, f"memory_view={self.cfg.memory_view} needs at least "
-                 f"{self.cfg.memory_view + 1} teacher views, got {t_cls.shape[0]}")
+    def _shape_problem(
+        self, s_cls: Tensor, t_cls: Tensor, s_p: Tensor | None, t_p: Tensor | None, masks: Tensor | None
+    ) -> str | None:
+        """What is wrong with the shapes of :meth:`forward`'s inputs (the first problem), or None."""
+        d, view = self.cfg.dim, self.cfg.memory_view
+        got = f"got {tuple(s_cls.shape)} and {tuple(t_cls.shape)}"
+        if s_cls.ndim != 3 or t_cls.ndim != 3:
+            return f"student_cls must be [V, B, d] and teacher_cls [G, B, d], {got}"
+        if s_cls.shape[-1] != d or t_cls.shape[-1] != d:
+            return f"embeddings {got}, SOP memories dim={d}: set dim to the head's bottleneck dimension"
+        if t_cls.shape[1] != s_cls.shape[1] or t_cls.shape[0] > s_cls.shape[0]:
+            return f"teacher_cls needs the student's batch size and at most its views, {got}"
+        if t_cls.shape[0] <= view:
+            return f"memory_view={view} needs at least {view + 1} teacher views, {got}"
         if s_p is None:
-            return
-        _require(t_p is not None and masks is not None, "student_patches need teacher_patches and masks")
-        assert t_p is not None and masks is not None
+            return None
+        if t_p is None or masks is None:
+            return "student_patches need teacher_patches and masks"
         g, b = t_cls.shape[:2]
-        _require(masks.dtype == torch.bool and masks.ndim == 3 and masks.shape[:2] == (g, b),
-                 f"masks must be bool [G={g}, B={b}, N], got {masks.dtype} {shape(masks)}")
-        _require(s_p.shape == t_p.shape and s_p.shape[-1] == d, "student and teacher patch outputs must have "
-                 f"equal shapes ending in d={d}, got {shape(s_p)} and {shape(t_p)}")
-        _require(s_p.ndim != 4 or s_p.shape[:3] == masks.shape,
-                 f"dense patch outputs must be [G, B, N, d] with masks [G, B, N] = {shape(masks)}")
-        _require(s_p.ndim != 2 or s_p.shape[0] == int(masks.sum()), "pre-selected patch outputs must have one row "
-                 f"per masked patch ({int(masks.sum())}), got {s_p.shape[0]}: use SOPObjective.select_patches")
-    # fmt: on
+        if masks.dtype != torch.bool or masks.ndim != 3 or masks.shape[:2] != (g, b):
+            return f"masks must be bool [G={g}, B={b}, N], got {masks.dtype} {tuple(masks.shape)}"
+        got = f"got {tuple(s_p.shape)} and {tuple(t_p.shape)}"
+        if s_p.shape != t_p.shape or s_p.shape[-1] != d:
+            return f"student and teacher patch outputs must have equal shapes ending in d={d}, {got}"
+        if s_p.ndim == 4 and s_p.shape[:3] != masks.shape:
+            return f"dense patch outputs must be [G, B, N, d] with masks [G, B, N] = {tuple(masks.shape)}"
+        m = int(masks.sum())
+        if s_p.ndim == 2 and s_p.shape[0] != m:
+            return (
+                f"pre-selected patch outputs must have one row per masked patch ({m}), got {s_p.shape[0]}: "
+                "use SOPObjective.select_patches"
+            )
+        return None
 
     @staticmethod
     def _class_stats(t_probs: Tensor) -> dict[str, float]:
-        """Diagnostics: teacher confidence and how evenly the SOPs are used."""
+        """Diagnostics of teacher assignments [T, N, P]: confidence and how evenly SOPs are used."""
         with torch.no_grad():
             max_prob = float(t_probs.max(dim=-1).values.mean())
             usage = t_probs.mean(dim=1)  # [T, P]
             ent = -(usage * usage.clamp_min(1e-12).log()).sum(-1).mean()
             norm_ent = float(ent / torch.log(torch.tensor(float(usage.shape[-1]))))
         return {"teacher_max_prob": max_prob, "sop_usage_entropy": norm_ent}
-
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)

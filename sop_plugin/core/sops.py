@@ -1,11 +1,12 @@
-"""Self-organizing prototypes: building SOP sets from a memory and assigning embeddings to them.
+"""Self-organizing prototypes (SOPs): building SOP sets from a memory and assigning embeddings to them.
 
 A SOP set is P prototypes: an anchor drawn from the memory and its k nearest neighbours in the rest
-of the memory (support embeddings, SEs). Each row votes for its SOP with weight w (anchor 1 - smoothing,
-SE its cosine to the anchor clamped to [0, 1]) and spreads 1 - w over the other P - 1. An embedding u
-is assigned as ``softmax(u @ supports.T / tau) @ votes``. One implementation serves one set and the T
-sets of a step: :func:`build_sops` is the T = 1 case of :func:`build_sop_sets`; :func:`assign` takes
-either without materialising the vote matrices.
+of the memory (support embeddings, SEs). Each row votes for its SOP with weight w (anchor
+1 - smoothing, SE its cosine to the anchor clamped to [0, 1]) and spreads 1 - w over the other P - 1.
+An embedding u is assigned as ``softmax(u @ supports.T / tau) @ votes``. :func:`build_sops` is the
+T = 1 case of :func:`build_sop_sets`; :func:`assign` takes either without materialising the votes.
+Paper: "Self-Organizing Visual Prototypes for Non-Parametric Representation Learning"
+(Thalles Silva, Helio Pedrini, Adín Ramírez Rivera, ICML 2025).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from sop_plugin.core.anchors import ANCHOR_SELECTORS
 from sop_plugin.core.retrieval import Retrieval, get_retrieval, search_sets
 from sop_plugin.core.timing import NULL_TIMER, PhaseTimer
 
@@ -44,10 +46,8 @@ class SOPSet:
 
     @property
     def votes(self) -> Tensor:
-        """Vote matrix Y [P(k+1), P] (or [T, P(k+1), P]): ``w`` to the owner, ``(1 - w)/(P - 1)`` elsewhere.
-
-        Computed on demand: :func:`assign` never needs it.
-        """
+        """Vote matrix Y [P(k+1), P] (or [T, P(k+1), P]): ``w`` to the owner, ``(1 - w)/(P - 1)``
+        elsewhere; computed on demand (:func:`assign` never needs it)."""
         p = self.num_sops
         rest = ((1.0 - self.weights) / (p - 1))[..., None].expand(*self.weights.shape, p).clone()
         owner = self.owner.expand(self.weights.shape)[..., None]
@@ -66,6 +66,7 @@ class SOPSet:
         return SOPSet(self.supports[t], self.owner, self.weights[t], self.memory_index[t], self.num_sops)
 
 
+@ANCHOR_SELECTORS.register("uniform")
 def sample_anchors(
     memory_size: int,
     num_anchors: int,
@@ -73,11 +74,8 @@ def sample_anchors(
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
 ) -> Tensor:
-    """Uniformly sample anchors without replacement, independently per set: [T, P] long.
-
-    Draws on the CPU from ``generator`` so every DDP rank with the same generator state draws
-    the same anchors, whatever its device.
-    """
+    """Uniformly sample anchors without replacement, independently per set: [T, P] long, drawn on the
+    CPU from ``generator`` so every DDP rank with the same generator state draws the same anchors."""
     if num_anchors > memory_size:
         raise ValueError(
             f"cannot draw {num_anchors} anchors from a memory of {memory_size} rows: "
@@ -98,9 +96,8 @@ def build_sop_sets(
 ) -> SOPSet:
     """T stacked SOP sets from ``memory`` [K, d] and anchor rows ``anchors`` [T, P].
 
-    The SEs of each anchor are its ``num_supports`` nearest neighbours (cosine) among the
-    memory rows that are not anchors of the same set. Deterministic given ``anchors`` (ties
-    aside). The search runs inside ``timer.phase("retrieval")``.
+    The SEs of each anchor are its ``num_supports`` nearest neighbours (cosine) among the memory rows
+    that are not anchors of the same set, searched inside ``timer.phase("retrieval")``.
     """
     if anchors.ndim != 2:
         raise ValueError(f"anchors must be [T, P], got shape {tuple(anchors.shape)}")
@@ -124,27 +121,29 @@ def build_sop_sets(
 
 
 def build_sops(
-    memory: Tensor, anchor_idx: Tensor, num_supports: int, smoothing: float, retrieval: Retrieval | None = None
+    memory: Tensor,
+    anchor_idx: Tensor,
+    num_supports: int,
+    smoothing: float,
+    retrieval: Retrieval | None = None,
+    timer: PhaseTimer = NULL_TIMER,
 ) -> SOPSet:
-    """One SOP set from ``memory`` [K, d] and anchor rows ``anchor_idx`` [P] (see :func:`build_sop_sets`)."""
+    """One SOP set from ``memory`` [K, d] and anchor rows ``anchor_idx`` [P] (:func:`build_sop_sets`)."""
     if anchor_idx.ndim != 1:
         raise ValueError(f"anchor_idx must be 1-D [P], got shape {tuple(anchor_idx.shape)}")
-    return build_sop_sets(memory, anchor_idx[None], num_supports, smoothing, retrieval)[0]
+    return build_sop_sets(memory, anchor_idx[None], num_supports, smoothing, retrieval, timer)[0]
 
 
 def keep_random_sops(sets: SOPSet, keep: int, generator: torch.Generator) -> SOPSet:
-    """``keep`` of the P SOPs of each stacked set, uniformly without replacement, with their SEs.
-
-    The authors' "low_energy" rule (``sthalles/sop``, memory_bank.py) reduces to this: its weights are
-    all equal, so it keeps a uniform random half; the SEs stay those searched in the memory minus all P.
-    """
+    """``keep`` of the P SOPs of each stacked set, uniformly without replacement, with their SEs (the
+    authors' "low_energy" rule reduces to a uniform random half: docs/design-notes.md)."""
     t, p = sets.supports.shape[0], sets.num_sops
     if not 2 <= keep <= p:
         raise ValueError(f"cannot keep {keep} of {p} SOPs: keep must be in [2, {p}]")
     pos = torch.stack([torch.randperm(p, generator=generator)[:keep].sort().values for _ in range(t)])
     pos = pos.to(sets.owner.device)
     per = sets.num_supports + 1
-    rows = (pos[..., None] * per + torch.arange(per, device=pos.device)).reshape(t, -1)  # kept rows, grouped per SOP
+    rows = (pos[..., None] * per + torch.arange(per, device=pos.device)).reshape(t, -1)  # grouped per SOP
     owner = torch.arange(keep, device=pos.device).repeat_interleave(per)
     supports = sets.supports.gather(1, rows[..., None].expand(-1, -1, sets.supports.shape[-1]))
     return SOPSet(supports, owner, sets.weights.gather(1, rows), sets.memory_index.gather(1, rows), keep)
@@ -160,7 +159,8 @@ def assign(z: Tensor, sops: SOPSet, temperature: float) -> Tensor:
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     if z.shape[-1] != sops.supports.shape[-1]:
-        raise ValueError(f"embedding dim {z.shape[-1]} does not match the memory dim {sops.supports.shape[-1]}")
+        dims = f"{z.shape[-1]} does not match the memory dim {sops.supports.shape[-1]}"
+        raise ValueError(f"embedding dim {dims}")
     single = sops.supports.ndim == 2
     supports = sops.supports[None] if single else sops.supports  # [T, R, d]
     w = (sops.weights[None] if single else sops.weights).to(z.dtype)  # [T, R]

@@ -6,6 +6,7 @@ Datasets load fully into memory as uint8 ``[N, C, H, W]`` tensors
 views in a few tensor calls. Nothing downloads unless ``download=True``.
 """
 
+from . import sources  # noqa: F401  (each source registers its datasets)
 from .augment import EvalTransform, MultiCropAugment
 from .dataset import ArrayDataset, channel_stats
 from .errors import DatasetCorruptError, DatasetNotFoundError

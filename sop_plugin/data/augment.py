@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from . import ops
 
@@ -19,7 +20,7 @@ from . import ops
 ViewProbs = tuple[float, float, float]
 
 
-def _channel_constants(values: Sequence[float], channels: int, device: torch.device) -> torch.Tensor:
+def _channel_constants(values: Sequence[float], channels: int, device: torch.device) -> Tensor:
     tensor = torch.as_tensor(tuple(values), dtype=torch.float32, device=device)
     if tensor.numel() == 1:
         return tensor.expand(channels)
@@ -90,7 +91,7 @@ class MultiCropAugment:
         """2 global + ``num_local`` local views."""
         return 2 + self.num_local
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
+    def __call__(self, images: Tensor, generator: torch.Generator) -> list[Tensor]:
         """Augment ``images`` (uint8 ``[B, C, H, W]``): ``[global_1, global_2, local_1, ...]``."""
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"expected uint8 [B,C,H,W], got {images.dtype} {tuple(images.shape)}")
@@ -100,12 +101,13 @@ class MultiCropAugment:
         std = _channel_constants(self.std, channels, device)
         global_src = self._source(pixels, self.global_size, self.global_scale)
         local_src = self._source(pixels, self.local_size, self.local_scale) if self.num_local else None
-        views = [self._view(global_src, self.global_size, self.global_scale, slot, generator) for slot in (0, 1)]
-        views += [self._view(local_src, self.local_size, self.local_scale, 2, generator) for _ in range(self.num_local)]
+        views = [self._view(global_src, self.global_size, self.global_scale, s, generator) for s in (0, 1)]
+        local = range(self.num_local)
+        views += [self._view(local_src, self.local_size, self.local_scale, 2, generator) for _ in local]
         return [ops.normalize(v, mean, std) for v in views]
 
     @staticmethod
-    def _source(pixels: torch.Tensor, size: int, scale: tuple[float, float]) -> torch.Tensor:
+    def _source(pixels: Tensor, size: int, scale: tuple[float, float]) -> Tensor:
         """``pixels`` downscaled (antialiased) so that the largest crop maps about 1:1 to ``size``."""
         h, w = pixels.shape[-2:]
         factor = size / (min(h, w) * scale[1] ** 0.5)
@@ -115,14 +117,15 @@ class MultiCropAugment:
         return F.interpolate(pixels, size=new_size, mode="bilinear", antialias=True, align_corners=False)
 
     def _view(
-        self, source: torch.Tensor, size: int, scale: tuple[float, float], slot: int, generator: torch.Generator
-    ) -> torch.Tensor:
+        self, source: Tensor, size: int, scale: tuple[float, float], slot: int, generator: torch.Generator
+    ) -> Tensor:
         n, device = source.shape[0], source.device
         aspect = source.shape[-1] / source.shape[-2]
         boxes = ops.sample_crop_boxes(n, scale, self.ratio, aspect, generator, device)
         flips = ops.bernoulli(n, self.hflip, generator, device)
         view = ops.crop_resize(source, boxes, flips, size)
-        view = ops.color_jitter(view, self.brightness, self.contrast, self.saturation, self.jitter_prob, generator)
+        jitter = (self.brightness, self.contrast, self.saturation, self.jitter_prob)
+        view = ops.color_jitter(view, *jitter, generator)
         view = ops.random_grayscale(view, self.grayscale_prob, generator)
         view = ops.random_blur(view, self.blur_prob[slot], self.blur_sigma, generator)
         return ops.random_solarize(view, self.solarize_prob[slot], generator)
@@ -134,10 +137,10 @@ class EvalTransform:
     ``size=None`` keeps the native resolution.
     """
 
-    def __init__(self, size: int | None, mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.5,)) -> None:
+    def __init__(self, size: int | None, mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.5,)):
         self.size, self.mean, self.std = size, tuple(mean), tuple(std)
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: Tensor) -> Tensor:
         """uint8 ``[B, C, H, W]`` -> float32 ``[B, C, size, size]``, normalised."""
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"expected uint8 [B,C,H,W], got {images.dtype} {tuple(images.shape)}")

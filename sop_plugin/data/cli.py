@@ -12,6 +12,7 @@ from .export import export_image_folder
 from .registry import DATASETS, DEFAULT_DATASET, get_dataset, list_datasets
 
 Command = Callable[[argparse.Namespace], int]
+EXPORT_LAYOUT = "DIR/train/<class>/<i>.png and DIR/val/<class>/<i>.png (ImageFolder layout)"
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -19,7 +20,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     width = max(len(n) for n in list_datasets())
     for name in list_datasets():
         marker = " (default)" if name == DEFAULT_DATASET else ""
-        print(f"{name:<{width}}  {DATASETS[name].summary}{marker}")
+        print(f"{name:<{width}}  {DATASETS.get(name).summary}{marker}")
     return 0
 
 
@@ -28,8 +29,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     ds = get_dataset(args.name, args.path, args.split, args.download, **_options(args))
     c, h, w = ds.images.shape[1:]
-    print(f"{ds.name} [{ds.split}]: {len(ds)} images, {c}x{h}x{w}, {ds.num_classes} classes "
-          f"(loaded in {time.perf_counter() - start:.2f}s)")  # fmt: skip
+    loaded = f"loaded in {time.perf_counter() - start:.2f}s"
+    print(f"{ds.name} [{ds.split}]: {len(ds)} images, {c}x{h}x{w}, {ds.num_classes} classes ({loaded})")
     print(f"classes: {', '.join(ds.class_names)}")
     print(f"mean: {ds.mean}  std: {ds.std}")
     return 0
@@ -51,8 +52,8 @@ def _options(args: argparse.Namespace) -> dict[str, int]:
 
 def _add_source_args(parser: argparse.ArgumentParser, name_optional: bool) -> None:
     if name_optional:
-        parser.add_argument("name", nargs="?", default=DEFAULT_DATASET,
-                            help=f"dataset name (default: {DEFAULT_DATASET}); see `sop-data list`")  # fmt: skip
+        name_help = f"dataset name (default: {DEFAULT_DATASET}); see `sop-data list`"
+        parser.add_argument("name", nargs="?", default=DEFAULT_DATASET, help=name_help)
     else:
         parser.add_argument("name", help="dataset name; see `sop-data list`")
     parser.add_argument(
@@ -61,7 +62,8 @@ def _add_source_args(parser: argparse.ArgumentParser, name_optional: bool) -> No
     parser.add_argument(
         "--download", action="store_true", help="let torchvision datasets download (data.download=true)"
     )
-    parser.add_argument("--image-size", type=int, default=None, help="image-folder only: resize to this square size")
+    size_help = "image-folder only: resize to this square size"
+    parser.add_argument("--image-size", type=int, default=None, help=size_help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands: dict[str, tuple[str, Command]] = {
         "list": ("list the registered datasets", cmd_list),
         "info": ("load one split and print its size, classes and mean/std", cmd_info),
-        "export": ("write DIR/train/<class>/<i>.png and DIR/val/<class>/<i>.png (ImageFolder layout)", cmd_export),
+        "export": (f"write {EXPORT_LAYOUT}", cmd_export),
     }
     for name, (help_text, func) in commands.items():
         command = sub.add_parser(name, help=help_text, description=help_text)
@@ -89,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument(
                 "--limit", type=int, default=None, help="write at most N images per split (the first N)"
             )
-            command.add_argument("--overwrite", action="store_true", help="write into non-empty output folders")
+            overwrite_help = "write into non-empty output folders"
+            command.add_argument("--overwrite", action="store_true", help=overwrite_help)
     return parser
 
 

@@ -74,16 +74,17 @@ class ArrayDataset(Dataset):
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
-            raise ValueError(f"images must be uint8 [N,C,H,W], got {self.images.dtype} {tuple(self.images.shape)}")
+            got = f"{self.images.dtype} {tuple(self.images.shape)}"
+            raise ValueError(f"images must be uint8 [N,C,H,W], got {got}")
         if self.labels.dtype != torch.int64 or self.labels.shape != (self.images.shape[0],):
-            raise ValueError(
-                f"labels must be int64 [{self.images.shape[0]}], got {self.labels.dtype} {tuple(self.labels.shape)}"
-            )
+            got = f"{self.labels.dtype} {tuple(self.labels.shape)}"
+            raise ValueError(f"labels must be int64 [{self.images.shape[0]}], got {got}")
         channels = self.images.shape[1]
         if len(self.mean) != channels or len(self.std) != channels:
             raise ValueError(f"mean/std need {channels} values, got {len(self.mean)}/{len(self.std)}")
-        if self.labels.numel() and int(self.labels.max()) >= len(self.class_names):
-            raise ValueError(f"label {int(self.labels.max())} out of range for {len(self.class_names)} classes")
+        top = int(self.labels.max()) if self.labels.numel() else -1
+        if top >= len(self.class_names):
+            raise ValueError(f"label {top} out of range for {len(self.class_names)} classes")
 
     @classmethod
     def from_arrays(

@@ -23,7 +23,8 @@ _UNSAFE = re.compile(r"[^\w.+-]+")
 
 
 def safe_dirname(name: str) -> str:
-    """``name`` with path separators and other unsafe characters replaced by ``_`` ("T-shirt/top" -> "T-shirt_top")."""
+    """``name`` with path separators and other unsafe characters replaced by ``_``
+    ("T-shirt/top" -> "T-shirt_top")."""
     cleaned = _UNSAFE.sub("_", name).strip("._")
     return cleaned or "class"
 
@@ -37,7 +38,7 @@ def class_dirnames(class_names: tuple[str, ...]) -> list[str]:
 
 
 def export_split(dataset: ArrayDataset, directory: Path, limit: int | None = None) -> int:
-    """Write the first ``limit`` (all when None) images of ``dataset`` under ``directory``; return how many."""
+    """Write the first ``limit`` images (all: None) of ``dataset`` under ``directory``; return how many."""
     count = len(dataset) if limit is None else min(limit, len(dataset))
     names = class_dirnames(dataset.class_names)
     for name in names:
@@ -56,7 +57,8 @@ def export_split(dataset: ArrayDataset, directory: Path, limit: int | None = Non
 def export_image_folder(
     splits: dict[str, ArrayDataset], out_dir: str | Path, limit: int | None = None, overwrite: bool = False
 ) -> dict[str, int]:
-    """Export ``{"train": ds, "test": ds}`` to ``out_dir/train`` and ``out_dir/val``; return images written per folder.
+    """Export ``{"train": ds, "test": ds}`` to ``out_dir/train`` and ``out_dir/val``; return the
+    images written per folder.
 
     Refuses to write into a non-empty split folder unless ``overwrite``
     (existing files of the same name are then replaced; nothing is deleted).
@@ -68,6 +70,7 @@ def export_image_folder(
             raise ValueError(f"cannot export split {split!r}; expected one of {sorted(EXPORT_DIRS)}")
         target = out / EXPORT_DIRS[split]
         if target.is_dir() and any(target.iterdir()) and not overwrite:
-            raise FileExistsError(f"{target} is not empty; pass overwrite=True (--overwrite) to write into it")
+            hint = "pass overwrite=True (--overwrite) to write into it"
+            raise FileExistsError(f"{target} is not empty; {hint}")
         written[EXPORT_DIRS[split]] = export_split(dataset, target, limit)
     return written

@@ -1,7 +1,7 @@
 """Batched image operations on float tensors ``[B, C, H, W]`` in [0, 1].
 
 Each operation treats the whole batch in a few tensor calls, with one random
-draw per image from an explicit ``torch.Generator`` (draws happen on the
+draw per image from an explicit ``Generator`` (draws happen on the
 generator's device and are then moved to the images, so results do not
 depend on where the images live).
 """
@@ -12,17 +12,18 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import Generator, Tensor
 
 _LUMA = (0.299, 0.587, 0.114)
 
 
-def uniform(n: int, low: float, high: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+def uniform(n: int, low: float, high: float, generator: Generator, device: torch.device) -> Tensor:
     """``n`` draws from U(low, high) on ``device``."""
     draws = torch.rand(n, generator=generator, device=generator.device, dtype=torch.float32)
     return (low + (high - low) * draws).to(device)
 
 
-def bernoulli(n: int, prob: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+def bernoulli(n: int, prob: float, generator: Generator, device: torch.device) -> Tensor:
     """``n`` booleans, each True with probability ``prob``."""
     return uniform(n, 0.0, 1.0, generator, device) < prob
 
@@ -32,10 +33,11 @@ def sample_crop_boxes(
     scale: tuple[float, float],
     ratio: tuple[float, float],
     aspect: float,
-    generator: torch.Generator,
+    generator: Generator,
     device: torch.device,
-) -> torch.Tensor:
-    """Random-resized-crop boxes ``[n, 4]`` = (centre x, centre y, width, height) as fractions of the image side.
+) -> Tensor:
+    """Random-resized-crop boxes ``[n, 4]`` = (centre x, centre y, width, height) as fractions of the
+    image side.
 
     Area fraction ~ U(scale), aspect ratio (in pixels) log-uniform in
     ``ratio``; ``aspect`` is the image's width/height. Boxes that would not fit
@@ -52,8 +54,9 @@ def sample_crop_boxes(
     return torch.stack([cx, cy, width, height], dim=1)
 
 
-def crop_resize(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, size: int) -> torch.Tensor:
-    """Cut ``boxes`` out of ``images``, mirror where ``flips``, resample to ``size`` x ``size`` (bilinear, one call)."""
+def crop_resize(images: Tensor, boxes: Tensor, flips: Tensor, size: int) -> Tensor:
+    """Cut ``boxes`` out of ``images``, mirror where ``flips``, resample to ``size`` x ``size``
+    (bilinear, one call)."""
     n = images.shape[0]
     cx, cy, width, height = boxes.to(images.dtype).unbind(dim=1)
     sign = 1.0 - 2.0 * flips.to(images.dtype)
@@ -66,7 +69,7 @@ def crop_resize(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, 
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def grey(images: torch.Tensor) -> torch.Tensor:
+def grey(images: Tensor) -> Tensor:
     """Luma ``[B, 1, H, W]`` (the image itself when it has one channel)."""
     if images.shape[1] == 1:
         return images
@@ -75,8 +78,8 @@ def grey(images: torch.Tensor) -> torch.Tensor:
 
 
 def color_jitter(
-    images: torch.Tensor, brightness: float, contrast: float, saturation: float, prob: float, generator: torch.Generator
-) -> torch.Tensor:
+    images: Tensor, brightness: float, contrast: float, saturation: float, prob: float, generator: Generator
+) -> Tensor:
     """Brightness, then contrast, then saturation jitter on a random ``prob`` share of the batch.
 
     Factors are drawn from U(1 - s, 1 + s) per image (factor 1 where the
@@ -87,7 +90,7 @@ def color_jitter(
     n, device = images.shape[0], images.device
     apply = bernoulli(n, prob, generator, device).to(images.dtype).view(n, 1, 1, 1)
 
-    def factor(strength: float) -> torch.Tensor:
+    def factor(strength: float) -> Tensor:
         f = uniform(n, 1 - strength, 1 + strength, generator, device).view(n, 1, 1, 1)
         return 1 + (f - 1) * apply
 
@@ -100,7 +103,7 @@ def color_jitter(
     return out
 
 
-def random_grayscale(images: torch.Tensor, prob: float, generator: torch.Generator) -> torch.Tensor:
+def random_grayscale(images: Tensor, prob: float, generator: Generator) -> Tensor:
     """Replace a random ``prob`` share of RGB images by their luma (no-op on 1 channel)."""
     chosen = bernoulli(images.shape[0], prob, generator, images.device)
     if images.shape[1] == 1 or prob <= 0:
@@ -110,7 +113,7 @@ def random_grayscale(images: torch.Tensor, prob: float, generator: torch.Generat
     return out
 
 
-def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+def gaussian_blur(images: Tensor, sigma: Tensor) -> Tensor:
     """Separable Gaussian blur with one ``sigma`` (pixels) per image, reflect padding, two grouped convs."""
     n, c, h, w = images.shape
     if n == 0:
@@ -122,14 +125,14 @@ def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     kernel = torch.exp(-(taps.view(1, -1) ** 2) / (2 * sigma.to(images).view(-1, 1) ** 2))
     kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)
     flat = images.reshape(1, n * c, h, w)
-    flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="reflect"), kernel.view(n * c, 1, 1, -1), groups=n * c)
-    flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="reflect"), kernel.view(n * c, 1, -1, 1), groups=n * c)
+    padded = F.pad(flat, (radius, radius, 0, 0), mode="reflect")
+    flat = F.conv2d(padded, kernel.view(n * c, 1, 1, -1), groups=n * c)
+    padded = F.pad(flat, (0, 0, radius, radius), mode="reflect")
+    flat = F.conv2d(padded, kernel.view(n * c, 1, -1, 1), groups=n * c)
     return flat.view(n, c, h, w)
 
 
-def random_blur(
-    images: torch.Tensor, prob: float, sigma: tuple[float, float], generator: torch.Generator
-) -> torch.Tensor:
+def random_blur(images: Tensor, prob: float, sigma: tuple[float, float], generator: Generator) -> Tensor:
     """Blur a random ``prob`` share of the batch, sigma ~ U(sigma) pixels per image."""
     n = images.shape[0]
     chosen = bernoulli(n, prob, generator, images.device)
@@ -141,9 +144,7 @@ def random_blur(
     return out
 
 
-def random_solarize(
-    images: torch.Tensor, prob: float, generator: torch.Generator, threshold: float = 0.5
-) -> torch.Tensor:
+def random_solarize(images: Tensor, prob: float, generator: Generator, threshold: float = 0.5) -> Tensor:
     """Invert pixels >= ``threshold`` in a random ``prob`` share of the batch."""
     chosen = bernoulli(images.shape[0], prob, generator, images.device).view(-1, 1, 1, 1)
     if prob <= 0:
@@ -151,12 +152,12 @@ def random_solarize(
     return torch.where(chosen & (images >= threshold), 1.0 - images, images)
 
 
-def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+def normalize(images: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     """``(images - mean) / std`` with per-channel ``[C]`` constants."""
     return (images - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
 
 
-def resize_short_side_crop(images: torch.Tensor, size: int) -> torch.Tensor:
+def resize_short_side_crop(images: Tensor, size: int) -> Tensor:
     """Resize so the short side is ``size`` (bilinear, antialiased) and keep the centre square."""
     h, w = images.shape[-2:]
     if (h, w) == (size, size):

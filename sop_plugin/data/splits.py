@@ -15,8 +15,8 @@ SPLIT_ALIASES: dict[str, str] = {
     "unlabelled": "unlabeled",
 }
 
-DEFAULT_TEST_FRACTION = 0.2
-DEFAULT_SPLIT_SEED = 0
+TEST_FRACTION = 0.2
+SPLIT_SEED = 0
 
 
 def canonical_split(split: str) -> str:
@@ -28,7 +28,7 @@ def canonical_split(split: str) -> str:
 
 
 def stratified_holdout(
-    labels: np.ndarray, split: str, test_fraction: float = DEFAULT_TEST_FRACTION, seed: int = DEFAULT_SPLIT_SEED
+    labels: np.ndarray, split: str, test_fraction: float = TEST_FRACTION, seed: int = SPLIT_SEED
 ) -> np.ndarray:
     """Indices (sorted) of ``split`` in a per-class random hold-out.
 

@@ -78,7 +78,7 @@ class Method(nn.Module):
         return self.masks is not None
 
     def train(self, mode: bool = True) -> Method:
-        """Train mode for the student heads; the teacher heads stay in eval mode (the teacher is deterministic)."""
+        """Train mode for the student heads; the teacher heads stay in eval mode (deterministic teacher)."""
         super().train(mode)
         for _, teacher in self.momentum_pairs():
             teacher.eval()
@@ -99,7 +99,7 @@ class Method(nn.Module):
         """After the backward pass, before clipping and the optimiser step (default: nothing)."""
 
     def teacher_embedding(self, cls: Tensor) -> Tensor:
-        """The teacher head's L2-normalised embedding of backbone [CLS] tokens [B, D] -> [B, d] (diagnostics)."""
+        """The teacher head's L2-normalised embedding [B, d] of backbone [CLS] tokens [B, D] (diagnostics)."""
         raise NotImplementedError
 
     def teacher_distribution(self, cls: Tensor, step: int) -> Tensor:
@@ -130,9 +130,12 @@ def masks_text(masks: MaskConfig | None) -> str:
     return f"p {masks.prob:g}, ratio {masks.ratio[0]:g}-{masks.ratio[1]:g}"
 
 
-def temperature_text(warmup: float, final: float, steps: int) -> str:
-    """``warmup -> final`` for a warm-up, else the constant value."""
-    return f"{warmup:g} -> {final:g}" if steps and warmup != final else f"{final:g}"
+def temperature_text(config: Any) -> str:
+    """The teacher temperature of a method ``config``: ``warmup -> final`` with a warm-up, else the value."""
+    warmup, final = config.warmup_teacher_temp, config.teacher_temp
+    if config.warmup_teacher_temp_steps and warmup != final:
+        return f"{warmup:g} -> {final:g}"
+    return f"{final:g}"
 
 
 def log_values(values: dict[str, Any]) -> dict[str, float]:

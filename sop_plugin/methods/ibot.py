@@ -86,7 +86,8 @@ class IBOTMethod(PrototypeMethod):
 
     def _patch_loss(self, tokens: Tokens, step: int) -> Tensor:
         """lightly's patch loss on the masked patches; the teacher sees the same patches unmasked."""
-        assert tokens.student_patches is not None and tokens.teacher_patches is not None and tokens.masks is not None
+        assert tokens.student_patches is not None and tokens.teacher_patches is not None
+        assert tokens.masks is not None
         g, b, n, d = tokens.student_patches.shape
         m = tokens.masks.reshape(g * b, n)
         s_out = self.student_head(tokens.student_patches.reshape(g * b, n, d)[m])

@@ -19,6 +19,9 @@ from sop_plugin.methods.base import Method, MethodOutput, masks_text, teacher_of
 from sop_plugin.methods.config import DINOConfig, MaskConfig
 from sop_plugin.runtime.nonfinite import nonfinite_buffers
 
+#: logged loss key -> its name in the non-finite explanation
+LOSS_NAMES = {"loss_cls": "class loss", "loss_mim": "patch loss", "loss_koleo": "KoLeo loss"}
+
 
 def bottleneck(head: DINOProjectionHead, x: Tensor) -> Tensor:
     """The L2-normalised bottleneck of lightly's ``DINOProjectionHead`` (what its prototype layer sees)."""
@@ -98,7 +101,7 @@ class PrototypeMethod(Method):
     def explain_nonfinite(self, output: MethodOutput) -> str:
         """The logged loss parts, the teacher temperature and any non-finite centre."""
         parts = [f"total loss {float(output.loss.detach()):.4g}"]
-        for key, name in (("loss_cls", "class loss"), ("loss_mim", "patch loss"), ("loss_koleo", "KoLeo loss")):
+        for key, name in LOSS_NAMES.items():
             if key in output.logs:
                 value = float(output.logs[key])
                 parts.append(f"{name} {value:.4g}{'' if math.isfinite(value) else ' (non-finite)'}")
@@ -112,7 +115,7 @@ class PrototypeMethod(Method):
     def describe(cls, config: DINOConfig, masks: MaskConfig | None) -> dict[str, str]:  # noqa: D102
         c = config
         return {
-            "teacher_temp": temperature_text(c.warmup_teacher_temp, c.teacher_temp, c.warmup_teacher_temp_steps),
+            "teacher_temp": temperature_text(c),
             "masks": masks_text(masks if getattr(c, "mim_weight", 0.0) > 0 else None),
             "koleo_weight": f"{c.koleo_weight:g}",
             "own": (

@@ -1,9 +1,11 @@
-"""SOP (Silva, Pedrini and Ramirez Rivera, ICML 2025, arXiv 2505.21533) for both hosts.
+"""SOP as a method of both hosts (the bench and solo-learn).
 
 One head (:class:`~sop_plugin.core.SOPHead`) is shared by the [CLS] and patch tokens; the whole
 SOP signal (memories, SOP sets, global SOP loss, SOP-MIM, memory updates) is
 :class:`~sop_plugin.core.SOPObjective`. The heads see only what the loss reads: the [CLS]
 tokens, the masked patches and the one patch per image that feeds the patch memory.
+Paper: "Self-Organizing Visual Prototypes for Non-Parametric Representation Learning"
+(Thalles Silva, Helio Pedrini, Adín Ramírez Rivera, ICML 2025, arXiv 2505.21533).
 """
 
 from __future__ import annotations
@@ -116,7 +118,8 @@ class SOPMethod(Method):
         The exact ``torch`` search, never ``auto``'s collectives: the diagnostics run on rank 0 alone.
         """
         c, bank = self.cfg, self.objective.class_memory.bank
-        anchors = sample_anchors(bank.shape[0], c.class_num_anchors, 1, self.objective.generator(step, 0), bank.device)
+        generator = self.objective.generator(step, 0)
+        anchors = sample_anchors(bank.shape[0], c.class_num_anchors, 1, generator, bank.device)
         sets = build_sops(bank, anchors[0], c.class_num_supports, c.smoothing, get_retrieval("torch"))
         return assign(self.teacher_head(cls).float(), sets, self.teacher_temperature(step))
 
@@ -153,7 +156,7 @@ class SOPMethod(Method):
     def describe(cls, config: SOPConfig, masks: MaskConfig | None) -> dict[str, str]:  # noqa: D102
         c = config
         return {
-            "teacher_temp": temperature_text(c.warmup_teacher_temp, c.teacher_temp, c.warmup_teacher_temp_steps),
+            "teacher_temp": temperature_text(c),
             "masks": masks_text(masks if c.mim_weight > 0 else None),
             "koleo_weight": f"{c.koleo_weight:g}",
             "own": f"anchor_keep {c.anchor_keep:g}, memory_view {c.memory_view}",

@@ -29,6 +29,7 @@ def plot_perf(perf: dict[str, Any], path: Path) -> Path:
 
 
 def _steps(ax: Any, step: dict[str, Any]) -> None:
+    """Median step seconds per setting, one bar per method (log scale); ``step``: perf.json's ``step``."""
     settings = list(step)
     width = 0.25
     for j, method in enumerate(("sop", "ibot", "dino")):
@@ -43,6 +44,7 @@ def _steps(ax: Any, step: dict[str, Any]) -> None:
 
 
 def _breakdown(ax: Any, breakdown: dict[str, Any]) -> None:
+    """SOP's step split into :data:`CATEGORIES`, as shares, one stacked bar per setting."""
     settings = list(breakdown)
     cmap = plt.get_cmap("tab20")
     left = [0.0] * len(settings)
@@ -57,6 +59,7 @@ def _breakdown(ax: Any, breakdown: dict[str, Any]) -> None:
 
 
 def _retrieval(ax: Any, rows: list[dict[str, Any]]) -> None:
+    """Median search seconds against memory rows per backend, at 256 queries (or the first count)."""
     if not rows:
         return
     q = 256 if any(r["queries"] == 256 for r in rows) else rows[0]["queries"]

@@ -45,8 +45,9 @@ class PerfSetting:
 #: timm's ViT-Tiny shape (the patch size comes from the profile)
 _VIT_TINY = ("model.embed_dim=192", "model.depth=12", "model.num_heads=3")
 _TINY = (
-    "model.patch_size=4 model.embed_dim=32 model.depth=1 model.num_heads=2 crops.global_size=16 crops.local_size=8 "
-    "crops.num_local=1 train.batch_size=8 head.head_hidden_dim=64 dino.num_prototypes=128 ibot.num_prototypes=128 "
+    "model.patch_size=4 model.embed_dim=32 model.depth=1 model.num_heads=2 "
+    "crops.global_size=16 crops.local_size=8 crops.num_local=1 train.batch_size=8 "
+    "head.head_hidden_dim=64 dino.num_prototypes=128 ibot.num_prototypes=128 "
     "sop.class_memory_size=256 sop.patch_memory_size=256 sop.class_num_anchors=8 sop.patch_num_anchors=16"
 ).split()
 
@@ -70,8 +71,9 @@ PERF_SETTINGS: dict[str, PerfSetting] = {
             channels=1,
             warmup=3,
             steps=15,
-            description="timm ViT-Tiny/7 (dim 192, depth 12, 3 heads) at 28 px, batch 64, 2x28 + 2x14 px crops, "
-            "SOP class memory 8,192, DINO/iBOT 4,096 prototypes (the quick profile with a ViT-Tiny backbone)",
+            description="timm ViT-Tiny/7 (dim 192, depth 12, 3 heads) at 28 px, batch 64, "
+            "2x28 + 2x14 px crops, SOP class memory 8,192, DINO/iBOT 4,096 prototypes "
+            "(the quick profile with a ViT-Tiny backbone)",
         ),
         PerfSetting(
             "quick_28",
@@ -80,8 +82,8 @@ PERF_SETTINGS: dict[str, PerfSetting] = {
             warmup=3,
             steps=15,
             description="the benchmark's quick profile as trained: ViT patch 7, dim 128, depth 4, batch 64, "
-            "2x28 + 2x14 px crops, SOP class memory 8,192, DINO/iBOT 4,096 prototypes (a reference: its backbone "
-            "is so small that the heads and losses dominate the step)",
+            "2x28 + 2x14 px crops, SOP class memory 8,192, DINO/iBOT 4,096 prototypes "
+            "(a reference: its backbone is so small that the heads and losses dominate the step)",
             targets=False,
         ),
         PerfSetting(
@@ -90,8 +92,9 @@ PERF_SETTINGS: dict[str, PerfSetting] = {
             channels=1,
             warmup=3,
             steps=15,
-            description="quick_28 with SOP's global loss only (no SOP-MIM, no masks): SOP's class level against "
-            "DINO, which has no patch branch either (a diagnostic; iBOT keeps its MIM)",
+            description="quick_28 with SOP's global loss only (no SOP-MIM, no masks): "
+            "SOP's class level against DINO, which has no patch branch either "
+            "(a diagnostic; iBOT keeps its MIM)",
             targets=False,
         ),
         PerfSetting(
@@ -107,16 +110,16 @@ PERF_SETTINGS: dict[str, PerfSetting] = {
             channels=3,
             warmup=2,
             steps=8,
-            description="timm ViT-Tiny/16 (dim 192, depth 12, 3 heads) at 224 px, batch 16, 2x224 + 2x96 px crops, "
-            "SOP class memory 65,536, DINO 65,536 / iBOT 8,192 prototypes",
+            description="timm ViT-Tiny/16 (dim 192, depth 12, 3 heads) at 224 px, batch 16, "
+            "2x224 + 2x96 px crops, SOP class memory 65,536, DINO 65,536 / iBOT 8,192 prototypes",
         ),
         _VIT_SMALL,
         dataclasses.replace(
             _VIT_SMALL,
             name="vit_small_224_b128",
             overrides=("profile=full", "train.batch_size=128", "~crops.extra"),
-            description="vit_small_224 at batch 128 per GPU, so that the GPU rather than the host sets the pace "
-            "(benchmarks/gpu_run.sh)",
+            description="vit_small_224 at batch 128 per GPU, so that the GPU rather than the host "
+            "sets the pace (benchmarks/gpu_run.sh)",
         ),
         PerfSetting(
             "tiny",
@@ -132,6 +135,7 @@ PERF_SETTINGS: dict[str, PerfSetting] = {
 
 
 def get_setting(name: str) -> PerfSetting:
+    """The setting named ``name``; ``ValueError`` naming the known ones otherwise."""
     if name not in PERF_SETTINGS:
         raise ValueError(f"unknown perf setting {name!r}; choose from {sorted(PERF_SETTINGS)}")
     return PERF_SETTINGS[name]

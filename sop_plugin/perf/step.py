@@ -14,16 +14,14 @@ On CUDA each timed step is also timed by CUDA events on the device (``StepTiming
 kernel time (``StepTiming.kernel``): a step whose kernel time is far below its wall time waits for
 the host, one whose kernel time is close to it is set by the GPU.
 
-Peak memory is measured per method on its own: process RSS (VmHWM) in a fresh process
-on CPU (glibc's mmap threshold fixed, see :data:`MALLOC_ENV`), ``torch.cuda.max_memory_allocated``
-above the pre-build level on GPU.
+The trainers themselves (a synthetic batch, the module, a bare Trainer) are
+:mod:`~sop_plugin.perf.fitting`'s; the peak memory of each method, measured on its own, is
+:mod:`~sop_plugin.perf.memory`'s.
 """
 
 from __future__ import annotations
 
 import gc
-import multiprocessing as mp
-import os
 import statistics
 import threading
 import time
@@ -33,15 +31,13 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
 
-from sop_plugin.bench.callbacks import peak_rss_mb, reset_peak_rss
-from sop_plugin.bench.module import BenchModule
 from sop_plugin.perf.breakdown import attach, split_step
+from sop_plugin.perf.fitting import build_module, fit, make_batch, release
 from sop_plugin.perf.settings import METHODS
-from sop_plugin.perf.timing import EventSpan, KernelClock, Stopwatch, in_thread, quiet_lightning, sync
+from sop_plugin.perf.timing import EventSpan, KernelClock, Stopwatch, sync
 
-__all__ = ["METHODS", "StepTiming", "measure_peak", "peak_memory", "quiet_lightning", "time_methods"]
+__all__ = ["METHODS", "Baton", "PerfCallback", "StepTiming", "time_methods"]
 
 
 @dataclass
@@ -65,45 +61,6 @@ class StepTiming:
     kernel_error: str | None = None
 
 
-class _SameBatch(Dataset):
-    """``length`` copies of one batch (the loader yields it as is: ``batch_size=None``)."""
-
-    def __init__(self, batch: tuple[Tensor, ...], length: int) -> None:
-        self.batch, self.length = batch, length
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, i: int) -> tuple[Tensor, ...]:
-        return self.batch
-
-
-def make_batch(cfg: dict[str, Any], channels: int, seed: int = 0) -> tuple[Tensor, ...]:
-    """A synthetic uint8 batch (images, labels, dataset ids) on the CPU, as the benchmark's loader yields."""
-    b, size = int(cfg["train"]["batch_size"]), int(cfg["crops"]["global_size"])
-    gen = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (b, channels, size, size), dtype=torch.uint8, generator=gen)
-    return images, torch.randint(0, 10, (b,), generator=gen), torch.arange(b)
-
-
-def build_module(cfg: dict[str, Any], method: str, channels: int) -> BenchModule:
-    """The benchmark's module for ``method``, its schedules laid out for a 1,000-step run (timing needs far fewer)."""
-    torch.manual_seed(int(cfg.get("seed", 0)))
-    norm = (0.5,) * channels
-    return BenchModule(cfg, method, channels, norm, norm, total_steps=1000)
-
-
-def fit(
-    module: BenchModule, batch: tuple[Tensor, ...], steps: int, device: torch.device, callbacks: list[L.Callback]
-) -> None:
-    """Train ``module`` for ``steps`` steps on copies of ``batch`` with a bare Trainer."""
-    cuda = device.type == "cuda"
-    hardware = {"accelerator": "gpu" if cuda else "cpu", "devices": 1, "precision": "bf16-mixed" if cuda else "32-true"}
-    bare = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False}
-    trainer = L.Trainer(max_steps=steps, max_epochs=1, num_sanity_val_steps=0, callbacks=callbacks, **hardware, **bare)
-    trainer.fit(module, DataLoader(_SameBatch(batch, steps), batch_size=None))
-
-
 # ---------------------------------------------------------------------------- turn taking
 
 
@@ -116,10 +73,13 @@ class Baton:
         self.turn: str | None = None
 
     def wait(self, name: str) -> None:
+        """Block until it is ``name``'s turn."""
         with self.cond:
             self.cond.wait_for(lambda: self.turn == name)
 
     def pass_on(self, name: str, retire: bool = False) -> None:
+        """End ``name``'s turn: the next trainer in order steps; with ``retire``, ``name``
+        leaves the order for good (its fit ended). A trainer no longer in the order is ignored."""
         with self.cond:
             if name not in self.order:
                 return
@@ -134,6 +94,7 @@ class Baton:
             self.cond.notify_all()
 
     def start(self) -> None:
+        """Give the first turn to the first trainer (after every trainer has set up)."""
         with self.cond:
             self.turn = self.order[0] if self.order else None
             self.cond.notify_all()
@@ -172,6 +133,8 @@ class PerfCallback(L.Callback):
         self._t0 = self._c0 = self._mark = 0.0
 
     def on_train_batch_start(self, trainer: L.Trainer, module: Any, batch: Any, batch_idx: int) -> None:
+        """Wait for the turn, then start the step's clocks (and the
+        profiler or the breakdown timers where this step carries them)."""
         self.ready.set()
         if self.baton is not None:
             self.baton.wait(self.name)
@@ -187,16 +150,22 @@ class PerfCallback(L.Callback):
         self.events.start()
 
     def on_before_backward(self, trainer: L.Trainer, module: Any, loss: Tensor) -> None:
+        """Breakdown: the forward and the objective end here."""
         if self._stack is not None:
             self._mark = self.timer.now()
 
     def on_after_backward(self, trainer: L.Trainer, module: Any) -> None:
+        """Breakdown: the backward's seconds."""
         if self._stack is not None:
             now = self.timer.now()
             self.timer.totals["backward"] += now - self._mark
             self._mark = now
 
-    def on_train_batch_end(self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Stop the clocks, record the step where it is timed, profiled or
+        broken down, and pass the turn on (the last step keeps it through the tear-down)."""
         self.events.stop()
         sync(self.device)
         wall, cpu = time.perf_counter() - self._t0, time.process_time() - self._c0
@@ -223,6 +192,7 @@ class PerfCallback(L.Callback):
             self.baton.pass_on(self.name)
 
     def teardown(self, trainer: L.Trainer, module: Any, stage: str) -> None:
+        """Take the breakdown timers off the module."""
         if self._stack is not None:
             self._stack.close()
             self._stack = None
@@ -250,6 +220,8 @@ def time_methods(
     baton = Baton(list(methods))
     inline = device.type != "cuda"
     profiled = 0 if inline else max(0, profile_steps)
+    # SOP's breakdown timers: along every step on the CPU, after the timed and profiled steps on CUDA
+    sop_breakdown_from = 0 if inline else warmup + steps + profiled
     callbacks = {
         m: PerfCallback(
             m,
@@ -257,7 +229,7 @@ def time_methods(
             device,
             warmup,
             steps,
-            breakdown_from=(0 if inline else warmup + steps + profiled) if m == "sop" else None,
+            breakdown_from=sop_breakdown_from if m == "sop" else None,
             profile_steps=profiled,
         )
         for m in methods
@@ -286,7 +258,7 @@ def time_methods(
         th.join()
     if errors:
         raise errors[0]
-    _release(device)
+    release(device)
     sop = callbacks.get("sop")
     fractions = sop.fractions if sop is not None else []
     return {
@@ -294,86 +266,3 @@ def time_methods(
         "breakdown": sop.breakdown if sop else [],
         "retrieval_fraction": statistics.median(fractions) if fractions else None,
     }
-
-
-def _release(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-# ---------------------------------------------------------------------------- peak memory
-
-
-class PeakCallback(L.Callback):
-    """Resets the peak after the first step (optimiser state allocated) and reads it at the end."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.peak_mb = float("nan")
-        self.base = 0
-
-    def on_train_batch_start(self, trainer: L.Trainer, module: Any, batch: Any, batch_idx: int) -> None:
-        if batch_idx == 1:
-            if self.device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(self.device)
-            else:
-                reset_peak_rss()
-
-    def on_train_end(self, trainer: L.Trainer, module: Any) -> None:
-        sync(self.device)
-        if self.device.type == "cuda":
-            self.peak_mb = (torch.cuda.max_memory_allocated(self.device) - self.base) / 2**20
-        else:
-            self.peak_mb = peak_rss_mb()
-
-
-def measure_peak(cfg: dict[str, Any], method: str, channels: int, device_name: str, steps: int = 2) -> float:
-    """Peak memory (MiB) of training ``method`` alone for ``steps`` steps (RSS on CPU, allocated on CUDA).
-
-    The peak is taken over the steps after the first (which allocates the optimiser state),
-    with everything resident: model, teacher, heads, optimiser state, memories, buffers.
-    """
-    quiet_lightning()
-    device = torch.device(device_name)
-    _release(device)
-    cb = PeakCallback(device)
-    if device.type == "cuda":
-        cb.base = torch.cuda.memory_allocated(device)  # what other code holds: not this method's
-    in_thread(fit, build_module(cfg, method, channels), make_batch(cfg, channels), max(2, steps), device, [cb])
-    _release(device)
-    return float(cb.peak_mb)
-
-
-#: glibc's mmap threshold in the memory-measuring processes: a fixed 128 KiB instead of glibc's
-#: dynamic one, so freed large buffers leave RSS at once and the peak reflects live memory
-#: rather than allocation history (the same for every method)
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
-
-
-def _context() -> mp.context.BaseContext:
-    """forkserver with this module preloaded (one import, clean children); spawn elsewhere.
-
-    The children inherit :data:`MALLOC_ENV` (glibc reads it when a process starts).
-    """
-    for key, value in MALLOC_ENV.items():
-        os.environ.setdefault(key, value)
-    if "forkserver" in mp.get_all_start_methods():
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["sop_plugin.perf.step"])
-        return ctx
-    return mp.get_context("spawn")
-
-
-def peak_memory(
-    cfg: dict[str, Any], methods: tuple[str, ...], channels: int, device: torch.device, isolate: bool, steps: int = 2
-) -> dict[str, float]:
-    """:func:`measure_peak` for every method, each in a fresh process when ``isolate``."""
-    out: dict[str, float] = {}
-    for m in methods:
-        if isolate:
-            with _context().Pool(1) as pool:
-                out[m] = pool.apply(measure_peak, (cfg, m, channels, str(device), steps))
-        else:
-            out[m] = measure_peak(cfg, m, channels, str(device), steps)
-    return out

@@ -19,7 +19,8 @@ T = TypeVar("T")
 
 
 def quiet_lightning() -> None:
-    """Keep Lightning's per-trainer banners ("GPU available", tips) and faiss' loader lines out of the output."""
+    """Keep Lightning's per-trainer banners ("GPU available", tips) and faiss' loader lines out of the
+    output: only their warnings and errors are printed."""
     for name in ("lightning.pytorch", "lightning.fabric", "faiss.loader"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -44,11 +45,13 @@ class EventSpan:
         self._stop: Any = None
 
     def start(self) -> None:
+        """Record the start event on the current stream (nothing off CUDA)."""
         if self.cuda:
             self._start = torch.cuda.Event(enable_timing=True)
             self._start.record()
 
     def stop(self) -> None:
+        """Record the stop event on the current stream (nothing off CUDA)."""
         if self.cuda:
             self._stop = torch.cuda.Event(enable_timing=True)
             self._stop.record()
@@ -74,6 +77,7 @@ class KernelClock:
         self.error: str | None = None
 
     def start(self) -> None:
+        """Start profiling the GPU's activities (nothing once profiling has failed)."""
         if self.error is not None:
             return
         try:
@@ -135,11 +139,13 @@ class Stopwatch:
         self.totals: dict[str, float] = defaultdict(float)
 
     def now(self) -> float:
+        """``time.perf_counter()`` once the device's queued work is done."""
         sync(self.device)
         return time.perf_counter()
 
     @contextmanager
     def phase(self, label: str) -> Iterator[None]:
+        """Add the seconds of the ``with`` block to ``label``'s total."""
         start = self.now()
         try:
             yield

@@ -34,12 +34,15 @@ class UnsafeCheckpointWarning(UserWarning):
     """Emitted when a checkpoint is loaded with the full (code-executing) unpickler."""
 
 
+#: the advice of every error about a damaged checkpoint file
+EARLIER = "resume from an earlier checkpoint"
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 _WEIGHTS_ONLY = re.compile(r"WeightsUnpickler error: (.*)")
 
 
 def safe_globals() -> list[Any]:
-    """Types allowed beyond torch's defaults: builtins, ``typing.Any``, pathlib paths and OmegaConf containers.
+    """Types allowed beyond torch's defaults: builtins, ``typing.Any``, pathlib paths and OmegaConf
+    containers.
 
     OmegaConf's types are added when it is installed (hydra and solo-learn bring it).
     """
@@ -47,7 +50,8 @@ def safe_globals() -> list[Any]:
     # rebuilding a path from its parts runs no code of the file's choosing
     builtin_types = (dict, list, int, float, str, bool, tuple, set)
     paths = (pathlib.PosixPath, pathlib.PurePosixPath, pathlib.WindowsPath, pathlib.PureWindowsPath)
-    allowed: list[Any] = [*builtin_types, collections.OrderedDict, collections.defaultdict, typing.Any, *paths]
+    containers = (collections.OrderedDict, collections.defaultdict)
+    allowed: list[Any] = [*builtin_types, *containers, typing.Any, *paths]
     try:
         from omegaconf import DictConfig, ListConfig, base, nodes
     except ImportError:  # pragma: no cover - omegaconf ships with hydra and solo-learn
@@ -62,9 +66,7 @@ def _check_archive(path: Path) -> None:
     """Refuse empty, truncated or CRC-corrupt zip checkpoints before unpickling anything."""
     size = path.stat().st_size
     if size == 0:
-        raise CheckpointError(
-            f"checkpoint {path} is empty (0 bytes): the write was interrupted; resume from an earlier checkpoint"
-        )
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): the write was interrupted; {EARLIER}")
     if not zipfile.is_zipfile(path):
         with path.open("rb") as f:
             magic = f.read(2)
@@ -72,20 +74,18 @@ def _check_archive(path: Path) -> None:
             return
         raise CheckpointError(
             f"checkpoint {path} ({size} bytes) is truncated or not a torch checkpoint "
-            f"(no zip directory found); resume from an earlier checkpoint"
+            f"(no zip directory found); {EARLIER}"
         )
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError) as err:
-        raise CheckpointError(f"checkpoint {path} is corrupt ({err}); resume from an earlier checkpoint") from err
+        raise CheckpointError(f"checkpoint {path} is corrupt ({err}); {EARLIER}") from err
     if bad is not None:
-        raise CheckpointError(
-            f"checkpoint {path} is corrupt: member {bad!r} fails its CRC check; resume from an earlier checkpoint"
-        )
+        raise CheckpointError(f"checkpoint {path} is corrupt: member {bad!r} fails its CRC check; {EARLIER}")
 
 
-def load_checkpoint(path: str | Path, trust_checkpoint: bool = False, map_location: Any = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | Path, trust_checkpoint: bool = False, map_location: Any = "cpu") -> dict:
     """Load a checkpoint dict with torch's safe unpickler.
 
     Args:
@@ -108,15 +108,12 @@ def load_checkpoint(path: str | Path, trust_checkpoint: bool = False, map_locati
     except pickle.UnpicklingError as err:
         reason = _unsafe_reason(str(err))
         if reason is None:
-            raise CheckpointError(
-                f"checkpoint {path} cannot be read ({_first_line(err)}); it may be truncated "
-                f"or corrupt: resume from an earlier checkpoint"
-            ) from err
+            raise _unreadable(path, err) from err
         if not trust_checkpoint:
             raise CheckpointError(
-                f"checkpoint {path} contains {reason}, outside the types a checkpoint needs (tensors, numbers, "
-                f"strings, lists, dicts, OmegaConf configs). Loading it could run code from the file. Only if "
-                f"you made this file yourself, set trust_checkpoint=true"
+                f"checkpoint {path} contains {reason}, outside the types a checkpoint needs (tensors, "
+                f"numbers, strings, lists, dicts, OmegaConf configs). Loading it could run code from the "
+                f"file. Only if you made this file yourself, set trust_checkpoint=true"
             ) from err
         warnings.warn(
             f"trust_checkpoint=true: loading {path} with the full unpickler although it contains "
@@ -126,10 +123,7 @@ def load_checkpoint(path: str | Path, trust_checkpoint: bool = False, map_locati
         )
         ckpt = _load_trusted(path, map_location)
     except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(
-            f"checkpoint {path} cannot be read ({_first_line(err)}); it may be truncated or "
-            f"corrupt: resume from an earlier checkpoint"
-        ) from err
+        raise _unreadable(path, err) from err
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a dict of states")
     return ckpt
@@ -150,7 +144,14 @@ def _unsafe_reason(message: str) -> str | None:
     if found:
         return f"the pickled global {found.group(1)}"
     detail = _WEIGHTS_ONLY.search(message)
-    return f"a pickled construct the safe loader refuses ({detail.group(1).strip()[:160] if detail else 'unknown'})"
+    what = detail.group(1).strip()[:160] if detail else "unknown"
+    return f"a pickled construct the safe loader refuses ({what})"
+
+
+def _unreadable(path: Path, err: BaseException) -> CheckpointError:
+    """The error for a file torch cannot read (it may be truncated or corrupt)."""
+    problem = f"cannot be read ({_first_line(err)}); it may be truncated or corrupt"
+    return CheckpointError(f"checkpoint {path} {problem}: {EARLIER}")
 
 
 def _first_line(err: BaseException) -> str:

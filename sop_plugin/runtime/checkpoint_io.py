@@ -53,11 +53,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             tmp.unlink(missing_ok=True)
 
     def _commit(self, checkpoint: dict[str, Any], tmp: Path, path: Path) -> None:
-        """Rename the complete temporary file over ``path`` and make that durable (the one switch-over point)."""
+        """Rename the complete temporary file over ``path`` and make that durable (the one switch-over
+        point)."""
         os.replace(tmp, path)
         _fsync_dir(path.parent)
 
-    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict:
         return load_checkpoint(path, trust_checkpoint=self.trust_checkpoint, map_location="cpu")
 
 

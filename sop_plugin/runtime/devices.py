@@ -1,4 +1,7 @@
-"""How many processes a Lightning ``devices`` / ``num_nodes`` setting starts, and which one is first (both hosts)."""
+"""How many processes a Lightning ``devices`` / ``num_nodes`` setting starts, and which one is first.
+
+Shared by both hosts.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ def world_size(devices: Any = 1, num_nodes: Any = 1) -> int:
 def is_rank_zero() -> bool:
     """Whether this process is DDP's first (or the only) one, from ``LOCAL_RANK`` and ``NODE_RANK``.
 
-    Read from the environment: the hosts also ask where no Trainer is at hand (before one is built, after it is gone).
+    Read from the environment: the hosts also ask where no Trainer is at hand (before one is built,
+    after it is gone).
     """
     return int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0

@@ -54,6 +54,12 @@ def _fmt(values: list[float]) -> str:
     return "[" + ", ".join(f"{i}: {v:.4g}" for i, v in enumerate(values)) + "]"
 
 
+def _per_set(level: str, values: list[float]) -> str:
+    """``level`` loss of every SOP set, and which sets are non-finite."""
+    bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
+    return f"{level} loss per SOP set {_fmt(values)}" + (f" -> non-finite in set(s) {bad}" if bad else "")
+
+
 def explain_nonfinite(objective: SOPObjective) -> str:
     """A paragraph naming the non-finite component(s) of the objective's last step and the likely cause."""
     record, class_memory, patch_memory = objective.last_step, objective.class_memory, objective.patch_memory
@@ -63,18 +69,13 @@ def explain_nonfinite(objective: SOPObjective) -> str:
     parts: list[str] = []
     losses = record.losses or {}
     names = {"cls": "class loss (global SOP)", "mim": "patch loss (SOP-MIM)", "koleo": "KoLeo"}
-    bad_components = [names[k] for k in ("cls", "mim", "koleo") if k in losses and not math.isfinite(float(losses[k]))]
+    bad_components = [names[k] for k in names if k in losses and not math.isfinite(float(losses[k]))]
     cls_sets, mim_sets = per_set_losses(record)
-    bad_cls = [i for i, v in enumerate(cls_sets) if not math.isfinite(v)]
-    parts.append("non-finite component(s): " + (", ".join(bad_components) or "none of cls/mim/koleo (the sum)"))
-    parts.append(
-        f"class loss per SOP set {_fmt(cls_sets)}" + (f" -> non-finite in set(s) {bad_cls}" if bad_cls else "")
-    )
+    components = ", ".join(bad_components) or "none of cls/mim/koleo (the sum)"
+    parts.append(f"non-finite component(s): {components}")
+    parts.append(_per_set("class", cls_sets))
     if mim_sets is not None:
-        bad_mim = [i for i, v in enumerate(mim_sets) if not math.isfinite(v)]
-        parts.append(
-            f"patch loss per SOP set {_fmt(mim_sets)}" + (f" -> non-finite in set(s) {bad_mim}" if bad_mim else "")
-        )
+        parts.append(_per_set("patch", mim_sets))
     inputs = {
         "student [CLS] embeddings": record.student_cls,
         "teacher [CLS] embeddings": record.teacher_cls,
@@ -83,7 +84,8 @@ def explain_nonfinite(objective: SOPObjective) -> str:
     }
     bad_inputs = [f"{k} ({_nonfinite(v)} values)" for k, v in inputs.items() if _nonfinite(v)]
     parts.append("non-finite inputs: " + (", ".join(bad_inputs) if bad_inputs else "none"))
-    parts.append(f"temperatures: student {record.student_temp:g}, teacher {record.teacher_temp:g} (step {record.step})")
+    temps = f"student {record.student_temp:g}, teacher {record.teacher_temp:g}"
+    parts.append(f"temperatures: {temps} (step {record.step})")
     parts.append(f"memories after the step's enqueue: {mems}")
     if any("student" in b for b in bad_inputs):
         cause = "the student network diverged: lower the learning rate or check the input data"

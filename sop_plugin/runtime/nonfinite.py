@@ -24,6 +24,8 @@ from sop_plugin.core.distributed import rank_and_world
 
 #: values of ``train.on_nonfinite`` (bench) and ``method_kwargs.on_nonfinite`` (solo-learn)
 POLICIES = ("stop", "skip")
+#: consecutive skipped steps after which ``skip`` gives up
+DEFAULT_MAX_SKIPS = 10
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -40,7 +42,8 @@ def finite_on_all_ranks(loss: Tensor) -> bool:
 
 def nonfinite_buffers(module: nn.Module) -> list[str]:
     """Names of the buffers of ``module`` holding NaN/inf (memories, DINO/iBOT centres)."""
-    return [name for name, buf in module.named_buffers() if buf.is_floating_point() and not torch.isfinite(buf).all()]
+    buffers = module.named_buffers()
+    return [name for name, buf in buffers if buf.is_floating_point() and not torch.isfinite(buf).all()]
 
 
 class NonFiniteGuard:
@@ -54,7 +57,11 @@ class NonFiniteGuard:
     """
 
     def __init__(
-        self, policy: str = "stop", max_consecutive_skips: int = 10, settings: str = "train.", name: str = "sop"
+        self,
+        policy: str = "stop",
+        max_consecutive_skips: int = DEFAULT_MAX_SKIPS,
+        settings: str = "train.",
+        name: str = "sop",
     ) -> None:
         problems = self.problems(policy, max_consecutive_skips, settings)
         if problems:
@@ -116,9 +123,8 @@ class NonFiniteGuard:
             buf.copy_(self._buffers[buf_name])
         self.skipped_steps += 1
         self.consecutive_skips += 1
-        rank_zero_warn(
-            f"{self.settings}on_nonfinite=skip: skipped step {step} ({self.skipped_steps} skipped so far): {where}"
-        )
+        skipped = f"skipped step {step} ({self.skipped_steps} skipped so far)"
+        rank_zero_warn(f"{self.settings}on_nonfinite=skip: {skipped}: {where}")
         return False
 
     def drop_gradients(self, optimizer: torch.optim.Optimizer) -> None:

@@ -7,10 +7,21 @@ checkpoint (``++resume_from_checkpoint=CKPT``).
 
 from __future__ import annotations
 
+import re
 import shlex
 from pathlib import Path
 
-from sop_plugin.runtime.interrupt import Interrupted, hydra_value
+from sop_plugin.runtime.signals import Interrupted
+
+_PLAIN = re.compile(r"[\w/.\-+:@%~,]+")
+
+
+def hydra_value(text: str) -> str:
+    """``text`` as the value of a hydra override (quoted when hydra's grammar needs it, e.g. for ``=``)."""
+    if _PLAIN.fullmatch(text):
+        return text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
 
 #: the override that resumes a run directory (``sop-bench``)
 RESUME_RUN_DIR = "resume"
@@ -19,7 +30,8 @@ RESUME_CHECKPOINT = "++resume_from_checkpoint"
 
 
 def resume_command(prog: str, argv: list[str], override: str, value: str | Path) -> str:
-    """``prog`` with ``argv[1:]``, any earlier setting of ``override``'s key dropped, and ``override=value`` last.
+    """``prog`` with ``argv[1:]``, any earlier setting of ``override``'s key dropped, and
+    ``override=value`` last.
 
     ``override`` may carry hydra's ``+``/``++`` prefix; earlier settings are dropped whatever their prefix.
     """

@@ -13,7 +13,7 @@ from typing import Any
 from solo.methods.base import BaseMethod
 from timm.models.vision_transformer import VisionTransformer
 
-from sop_plugin.bench.encoder import MaskedEncoder
+from sop_plugin.bench.train.encoder import MaskedEncoder
 
 NAME = "vit_custom"
 
@@ -29,7 +29,8 @@ def vit_custom(method: str | None = None, **kwargs: Any) -> VisionTransformer:
 
 
 def register_backbones() -> None:
-    """Add :func:`vit_custom` to solo-learn's backbones (idempotent; another backbone under the name is an error)."""
+    """Add :func:`vit_custom` to solo-learn's backbones (idempotent; another backbone under the name is
+    an error)."""
     current = BaseMethod._BACKBONES.get(NAME)
     if current is not None and current is not vit_custom:
         raise ValueError(f"solo-learn already has a backbone named {NAME!r} ({current!r})")

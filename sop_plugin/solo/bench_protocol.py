@@ -24,7 +24,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor
 
-from sop_plugin.bench.evaluation import knn_top1, linear_probe
+from sop_plugin.bench.evals.probes import knn_top1, linear_probe
 from sop_plugin.data import get_dataset
 from sop_plugin.runtime import load_checkpoint
 from sop_plugin.solo.backbones import vit_custom
@@ -39,12 +39,14 @@ def last_checkpoint(run_dir: Path) -> Path:
 
 
 def teacher_backbone(ckpt: Path) -> tuple[torch.nn.Module, dict]:
-    """The run's teacher ViT (``momentum_backbone`` weights) and its config (``args.json`` beside the checkpoint)."""
+    """The run's teacher ViT (``momentum_backbone`` weights) and its config (``args.json`` beside the
+    checkpoint)."""
     cfg = OmegaConf.to_container(OmegaConf.load(ckpt.parent / "args.json"))
     assert isinstance(cfg, dict)
     backbone = cfg["backbone"]
     if backbone["name"] != "vit_custom":
-        raise ValueError(f"{ckpt}: backbone {backbone['name']!r}; this scorer rebuilds vit_custom backbones only")
+        name = backbone["name"]
+        raise ValueError(f"{ckpt}: backbone {name!r}; this scorer rebuilds vit_custom backbones only")
     vit = vit_custom(**backbone["kwargs"])
     state = load_checkpoint(ckpt)["state_dict"]
     prefix = "momentum_backbone."
@@ -111,9 +113,8 @@ def side_by_side(rows: Sequence[dict], spread: dict[str, dict[str, list[float]]]
             mean, sd = statistics.mean(values), statistics.stdev(values)
             diff = r[key] - mean
             ratio = f"{diff / sd:+.1f}" if sd > 0 else "n/a"
-            lines.append(
-                f"| {r['method']} | {name} | {r[key]:.2f} | {mean:.2f} ± {sd:.2f} ({len(values)}) | {diff:+.2f} | {ratio} |"
-            )
+            bench = f"{mean:.2f} ± {sd:.2f} ({len(values)})"
+            lines.append(f"| {r['method']} | {name} | {r[key]:.2f} | {bench} | {diff:+.2f} | {ratio} |")
     return lines
 
 
@@ -135,7 +136,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     lines = ["| run | method | kNN top-1 | linear top-1 | train / test images |", "|---|---|---:|---:|---|"]
     for r in rows:
         images = f"{r['train_images']} / {r['test_images']}"
-        lines.append(f"| `{r['run']}` | {r['method']} | {r['knn_top1']:.2f} | {r['linear_top1']:.2f} | {images} |")
+        scores = f"{r['knn_top1']:.2f} | {r['linear_top1']:.2f}"
+        lines.append(f"| `{r['run']}` | {r['method']} | {scores} | {images} |")
     if args.bench:
         lines += ["", *side_by_side(rows, bench_spread(args.bench))]
     (args.out / "bench_protocol.md").write_text("\n".join(lines) + "\n")

@@ -1,4 +1,5 @@
-"""Callbacks the launchers add to any solo-learn method: wall clock, clean kNN, a loud empty run.
+"""Callbacks the launchers add to any solo-learn method: wall clock, clean kNN, a loud empty run,
+a checkpoint on SIGTERM/SIGINT.
 
 * :class:`WallClock` logs ``wall_time_s`` (seconds since training started) at every epoch end,
   which ``sop-solo-compare`` turns into wall time and steps per second, and prints one console line
@@ -11,21 +12,28 @@
   an ImageNet-size bank fits.
 * :class:`NothingTrained` says loudly when ``fit`` returns without a single optimisation step
   (e.g. auto-resume found a finished run with the same name).
+* :func:`interrupt_callback` stops at a signal with a checkpoint where solo-learn's Checkpointer
+  (and its auto-resume) expect it.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback
+from omegaconf import DictConfig
 from solo.utils.misc import omegaconf_select
-from torch import Tensor
+from torch import Tensor, nn
 
+from sop_plugin.runtime.interrupt import InterruptCallback
 from sop_plugin.runtime.knn import knn_votes
+from sop_plugin.runtime.signals import SignalCatcher
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +43,8 @@ SHOWN = ("val_knn_acc1", "val_clean_knn_acc1", "val_acc1", "val_loss")
 
 
 class WallClock(Callback):
-    """Logs ``wall_time_s`` since ``on_train_start`` at each training epoch end and prints the epoch's accuracies."""
+    """Logs ``wall_time_s`` since ``on_train_start`` at each training epoch end and prints the epoch's
+    accuracies."""
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self.start = time.perf_counter()
@@ -43,13 +52,14 @@ class WallClock(Callback):
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         wall = time.perf_counter() - self.start
         pl_module.log("wall_time_s", wall, on_epoch=True, rank_zero_only=True)
-        shown = [f"{k} {float(trainer.callback_metrics[k]):.2f}" for k in SHOWN if k in trainer.callback_metrics]
+        metrics = trainer.callback_metrics
+        shown = [f"{k} {float(metrics[k]):.2f}" for k in SHOWN if k in metrics]
         if trainer.is_global_zero and shown:  # validation ran before this hook
             print(f"epoch {trainer.current_epoch}: " + ", ".join(shown) + f" ({wall:.0f} s)", flush=True)
 
 
 @torch.no_grad()
-def extract(backbone: torch.nn.Module, loader: Any, device: torch.device, limit: int = -1) -> tuple[Tensor, Tensor]:
+def extract(backbone: nn.Module, loader: Any, device: torch.device, limit: int = -1) -> tuple[Tensor, Tensor]:
     """L2-normalised features [N, D] (CPU) and labels [N] of ``loader`` (at most ``limit`` when > 0)."""
     feats, labels, seen = [], [], 0
     for batch in loader:
@@ -63,19 +73,25 @@ def extract(backbone: torch.nn.Module, loader: Any, device: torch.device, limit:
     return (x[:limit], y[:limit]) if limit > 0 else (x, y)
 
 
-def knn_accuracy(bank: Tensor, bank_y: Tensor, queries: Tensor, y: Tensor, k: int, temperature: float) -> float:
-    """Top-1 accuracy (%) of the exp(sim / T)-weighted kNN vote (:func:`~sop_plugin.runtime.knn.knn_votes`);
-    features L2-normalised, searched with FAISS (exact inner product) so that an ImageNet-size bank fits."""
+def knn_accuracy(
+    bank: Tensor, bank_labels: Tensor, queries: Tensor, labels: Tensor, k: int, temperature: float
+) -> float:
+    """Top-1 accuracy (%) of the exp(sim / T)-weighted kNN vote of the bank [N, D] with ``bank_labels``
+    [N] for the ``queries`` [M, D] with ``labels`` [M] (:func:`~sop_plugin.runtime.knn.knn_votes`).
+
+    Features L2-normalised, searched with FAISS (exact inner product) so that an ImageNet-size bank
+    fits.
+    """
     from sop_plugin.core.retrieval import get_retrieval
     from sop_plugin.core.retrieval.faiss_backend import faiss_gpu_available
 
     if faiss_gpu_available():  # faiss-gpu: brute force on the device
         bank, queries = bank.cuda(), queries.cuda()
     sims, idx = get_retrieval("faiss").search(queries, bank, min(k, bank.shape[0]))
-    sims, idx, bank_y = sims.cpu(), idx.cpu(), bank_y.cpu()
-    classes = int(max(bank_y.max(), y.max())) + 1
-    votes = knn_votes(sims, bank_y[idx.clamp_min(0)], temperature, classes)
-    return 100.0 * float((votes.argmax(1) == y).float().mean())
+    sims, idx, bank_labels = sims.cpu(), idx.cpu(), bank_labels.cpu()
+    classes = int(max(bank_labels.max(), labels.max())) + 1
+    votes = knn_votes(sims, bank_labels[idx.clamp_min(0)], temperature, classes)
+    return 100.0 * float((votes.argmax(1) == labels).float().mean())
 
 
 class CleanKNN(Callback):
@@ -89,11 +105,18 @@ class CleanKNN(Callback):
         max_train: bank size cap (the first ``max_train`` images; -1 = all).
     """
 
-    def __init__(self, train_loader, val_loader, k=20, temperature=0.07, every_n_epochs=1, max_train=-1) -> None:
+    def __init__(
+        self,
+        train_loader: Any,
+        val_loader: Any,
+        k: int = 20,
+        temperature: float = 0.07,
+        every_n_epochs: int = 1,
+        max_train: int = -1,
+    ) -> None:
         if k < 1 or temperature <= 0 or every_n_epochs < 1:
-            raise ValueError(
-                f"clean_knn: need k >= 1, temperature > 0, frequency >= 1 (got {k}, {temperature}, {every_n_epochs})"
-            )
+            got = f"(got {k}, {temperature}, {every_n_epochs})"
+            raise ValueError(f"clean_knn: need k >= 1, temperature > 0, frequency >= 1 {got}")
         self.train_loader, self.val_loader = train_loader, val_loader
         self.k, self.temperature, self.every, self.max_train = k, temperature, every_n_epochs, max_train
 
@@ -132,17 +155,55 @@ class NothingTrained(Callback):
 
     def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         if self.first_step is None or trainer.global_step <= self.first_step:
-            import sys
-
             self.trained_nothing = True
             print(
-                f"WARNING: this run trained nothing (global step {trainer.global_step} at start and end): "
-                "a resumed checkpoint had already reached max_epochs. With auto_resume.enabled=True, solo-learn "
-                "resumes the newest run of the same name and method in checkpoint.dir; give the run another "
-                "name=..., or set auto_resume.enabled=False, or raise max_epochs",
+                f"WARNING: this run trained nothing (global step {trainer.global_step} at start and "
+                "end): a resumed checkpoint had already reached max_epochs. With "
+                "auto_resume.enabled=True, solo-learn resumes the newest run of the same name and "
+                "method in checkpoint.dir; give the run another name=..., or set "
+                "auto_resume.enabled=False, or raise max_epochs",
                 file=sys.stderr,
                 flush=True,
             )
+
+
+def interrupt_callback(cfg: DictConfig, catcher: SignalCatcher, logdir: str) -> InterruptCallback:
+    """Stops training at the next batch end after SIGTERM/SIGINT, with a checkpoint of that step.
+
+    The checkpoint goes where solo-learn's Checkpointer writes
+    (``<name>-<version>-ep=E-step=N.ckpt``), or to ``<logdir>/interrupted/`` without one. With
+    ``checkpoint.keep_prev=False`` it replaces the Checkpointer's previous file, as the next
+    epoch's would, so that solo-learn's auto-resume (which takes the first ``.ckpt`` it lists in a
+    run's directory) finds it.
+    """
+    from solo.utils.checkpointer import Checkpointer
+
+    def checkpointer(trainer) -> Any:
+        """solo-learn's Checkpointer of this run, if it writes files."""
+        found = [cb for cb in trainer.callbacks if isinstance(cb, Checkpointer)]
+        found = [cb for cb in found if getattr(cb, "path", None)]
+        return found[0] if found else None
+
+    def path(trainer) -> Path:
+        """Where the checkpoint of the interrupted step goes."""
+        where = f"{trainer.current_epoch}-step={trainer.global_step}"
+        ckpt = checkpointer(trainer)
+        if ckpt is not None:
+            return Path(ckpt.path) / ckpt.ckpt_placeholder.format(where)
+        return Path(logdir) / "interrupted" / f"{cfg.name}-ep={where}.ckpt"
+
+    def saved(trainer, path: Path) -> None:
+        """Make the new checkpoint the Checkpointer's latest (replacing the previous one unless kept)."""
+        ckpt = checkpointer(trainer)
+        if ckpt is None:
+            return
+        previous = getattr(ckpt, "last_ckpt", None)
+        if trainer.is_global_zero and previous and Path(previous) != path and not ckpt.keep_prev:
+            Path(previous).unlink(missing_ok=True)
+        ckpt.last_ckpt = path
+
+    method = str(cfg.method) if "method" in cfg else None
+    return InterruptCallback(catcher, path, method=method, on_saved=saved)
 
 
 def clean_knn_from_cfg(cfg: Any, val_loader: Any) -> CleanKNN | None:

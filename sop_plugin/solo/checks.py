@@ -34,9 +34,8 @@ def _class_counts(folder: str) -> list[int]:
     counts = []
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         if entry.is_dir():
-            counts.append(
-                sum(1 for _, _, files in os.walk(entry.path) for f in files if f.lower().endswith(IMAGE_SUFFIXES))
-            )
+            files = (f for _, _, names in os.walk(entry.path) for f in names)
+            counts.append(sum(1 for f in files if f.lower().endswith(IMAGE_SUFFIXES)))
     return counts
 
 

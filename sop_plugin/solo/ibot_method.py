@@ -23,7 +23,7 @@ import omegaconf
 
 from sop_plugin.methods import IBOTConfig
 from sop_plugin.solo.masked import MaskedMomentumMethod
-from sop_plugin.solo.settings import SHARED_KEYS
+from sop_plugin.solo.settings import SHARED_KEYS, SoloSettings
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +45,14 @@ class IBOT(MaskedMomentumMethod):
     patch_objective = "iBOT's patch loss"
     fallback = "the [CLS] (DINO) loss"
 
-    @staticmethod
-    def add_and_assert_specific_cfg(cfg: omegaconf.DictConfig) -> omegaconf.DictConfig:
-        """Fills iBOT's ``method_kwargs`` defaults and raises ``ValueError`` listing every bad value."""
-        cfg = IBOT.fill_and_check(cfg)
-        warm, epochs = float(cfg.method_kwargs.warmup_teacher_temp_epochs), int(cfg.max_epochs)
+    @classmethod
+    def warn_unusual(cls, settings: SoloSettings, cfg: omegaconf.DictConfig) -> None:
+        """A warm-up longer than the run ends it below ``teacher_temp``."""
+        warm, epochs = settings.warmup_teacher_temp_epochs, int(cfg.max_epochs)
         if warm > epochs:
             log.warning(
-                "method_kwargs.warmup_teacher_temp_epochs=%g > max_epochs=%d: the teacher temperature warms up "
-                "over the whole run and ends below teacher_temp",
+                "method_kwargs.warmup_teacher_temp_epochs=%g > max_epochs=%d: the teacher temperature "
+                "warms up over the whole run and ends below teacher_temp",
                 warm,
                 epochs,
             )
-        return cfg

@@ -9,15 +9,14 @@ trains the model.
 Everything else (online linear classifier, online kNN, momentum classifier, optimizers,
 schedulers, checkpointing) is solo-learn's. ``method_kwargs``: the
 :class:`~sop_plugin.core.SOPConfig` fields under their own names (``seed: None`` = the run's
-``seed``) plus the host's :data:`~sop_plugin.solo.masked.SHARED_KEYS`; see :data:`METHOD_KWARGS_DEFAULTS`.
+``seed``) plus the host's :data:`~sop_plugin.solo.settings.SHARED_KEYS`; see
+:data:`METHOD_KWARGS_DEFAULTS`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
-
-import omegaconf
 
 from sop_plugin.core import SOPConfig
 from sop_plugin.solo.masked import MaskedMomentumMethod
@@ -35,8 +34,3 @@ class SOP(MaskedMomentumMethod):
     METHOD_KWARGS_DEFAULTS = METHOD_KWARGS_DEFAULTS
     patch_objective = "SOP-MIM"
     fallback = "the global SOP loss"
-
-    @staticmethod
-    def add_and_assert_specific_cfg(cfg: omegaconf.DictConfig) -> omegaconf.DictConfig:
-        """Fills SOP's ``method_kwargs`` defaults and raises ``ValueError`` listing every bad value."""
-        return SOP.fill_and_check(cfg)

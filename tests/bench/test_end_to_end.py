@@ -4,8 +4,8 @@ import copy
 
 import torch
 
-from sop_plugin.bench.ema import ema_update
-from sop_plugin.bench.encoder import MaskedEncoder, build_vit
+from sop_plugin.bench.train.ema import ema_update
+from sop_plugin.bench.train.encoder import MaskedEncoder, build_vit
 from sop_plugin.core import SOPConfig, SOPHead, SOPObjective
 from sop_plugin.runtime.masking import BlockMaskGenerator
 
@@ -49,7 +49,9 @@ def test_sop_loss_decreases_on_fixed_batch() -> None:
         with torch.no_grad():
             tc, tp = zip(*[teacher["enc"](v) for v in views[:2]])
             t_cls, t_patch = teacher["head"](torch.stack(tc)), teacher["head"](torch.stack(tp))
-        out = obj(torch.stack(s_cls), t_cls, torch.stack(s_patch), t_patch, masks, step=0, update_memory=False)
+        out = obj(
+            torch.stack(s_cls), t_cls, torch.stack(s_patch), t_patch, masks, step=0, update_memory=False
+        )
         opt.zero_grad()
         out.loss.backward()
         opt.step()

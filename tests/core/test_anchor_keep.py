@@ -1,4 +1,5 @@
-"""``anchor_keep``: the authors' "low_energy" anchor halving (sthalles/sop, memory_bank.py) as a uniform half."""
+"""``anchor_keep``: the authors' "low_energy" anchor halving (sthalles/sop, memory_bank.py), a uniform
+half."""
 
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ def _memory(n: int = 400, d: int = 16, seed: int = 0) -> torch.Tensor:
 
 def test_kept_sops_are_whole_sops_of_the_full_set_with_ses_searched_beside_all_anchors() -> None:
     memory = _memory()
-    anchors = torch.stack([torch.randperm(400, generator=torch.Generator().manual_seed(t))[:64] for t in range(3)])
+    draws = [torch.randperm(400, generator=torch.Generator().manual_seed(t)) for t in range(3)]
+    anchors = torch.stack([d[:64] for d in draws])
     full = build_sop_sets(memory, anchors, 8, 0.1)
     kept = keep_random_sops(full, 32, torch.Generator().manual_seed(1))
     assert kept.num_sops == 32 and kept.supports.shape == (3, 32 * 9, 16) and kept.owner.shape == (32 * 9,)
@@ -68,19 +70,21 @@ def test_each_drawn_anchor_is_kept_half_the_time() -> None:
 
 
 def test_objective_assigns_to_the_kept_half_and_feeds_memory_view() -> None:
-    cfg = SOPConfig(dim=16, class_memory_size=256, patch_memory_size=64, class_num_anchors=16, class_num_sets=2,
-                    class_num_supports=2, patch_num_anchors=8, anchor_keep=0.5, memory_view=1)  # fmt: skip
+    sizes = {"dim": 16, "class_memory_size": 256, "patch_memory_size": 64, "class_num_anchors": 16}
+    cfg = SOPConfig(
+        **sizes, class_num_sets=2, class_num_supports=2, patch_num_anchors=8, anchor_keep=0.5, memory_view=1
+    )
     obj = SOPObjective(cfg)
     assert obj.build_sets("class", 0).num_sops == 8 and obj.build_sets("patch", 0).num_sops == 8
-    assert torch.equal(obj.build_sets("class", 3).memory_index, obj.build_sets("class", 3).memory_index)  # seeded
+    seeded = obj.build_sets("class", 3).memory_index
+    assert torch.equal(obj.build_sets("class", 3).memory_index, seeded)
     s = F.normalize(torch.randn(2, 4, 16), dim=-1)
     t = F.normalize(torch.randn(2, 4, 16), dim=-1)
     obj(s, t, step=0)
     assert obj.last_step is not None and obj.last_step.class_teacher_probs.shape == (2, 2, 4, 8)
     assert torch.allclose(obj.class_memory.bank[:4], t[1])  # the second global view fed the memory
     # the authors halve only SOP sets with SEs: the patch level (k = 0 above) keeps all, with k > 0 half
-    with_ses = SOPObjective(SOPConfig(dim=16, class_memory_size=256, patch_memory_size=64, class_num_anchors=16,
-                                      patch_num_anchors=8, patch_num_supports=1, anchor_keep=0.5))  # fmt: skip
+    with_ses = SOPObjective(SOPConfig(**sizes, patch_num_anchors=8, patch_num_supports=1, anchor_keep=0.5))
     assert with_ses.build_sets("patch", 0).num_sops == 4
     with pytest.raises(ValueError, match="anchor_keep"):
         SOPConfig(anchor_keep=0.0).validate()

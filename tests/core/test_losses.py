@@ -49,9 +49,9 @@ def test_mim_loss_matches_reference() -> None:
     m = masks.reshape(-1)
     image_index = torch.arange(6).repeat_interleave(6)[m]
     got = sop_mim_loss(s.reshape(2, -1, 5)[:, m], t.reshape(2, -1, 5)[:, m], image_index, 6)
-    ref = ref_mim_loss(
-        [[s[i, gv] for gv in range(2)] for i in range(2)], [[t[i, gv] for gv in range(2)] for i in range(2)], masks
-    )
+    s_sets = [[s[i, gv] for gv in range(2)] for i in range(2)]
+    t_sets = [[t[i, gv] for gv in range(2)] for i in range(2)]
+    ref = ref_mim_loss(s_sets, t_sets, masks)
     assert abs(float(got) - ref) < 1e-10
 
 
@@ -76,15 +76,11 @@ def _objective_reference(obj: SOPObjective, s_cls, t_cls, s_p, t_p, masks, step)
     for sop in patch_sets:
         anchor_rows = sop.memory_index.view(c.patch_num_anchors, -1)[:, 0].tolist()
         d_ref, y_ref = ref_build(obj.patch_memory.bank, anchor_rows, c.patch_num_supports, c.smoothing)
-        sp_all.append(
-            [
-                torch.stack([ref_assign(s_p[g, b], d_ref, y_ref, c.student_temp) for b in range(s_p.shape[1])])
-                for g in range(2)
-            ]
-        )
-        tp_all.append(
-            [torch.stack([ref_assign(t_p[g, b], d_ref, y_ref, t_temp) for b in range(t_p.shape[1])]) for g in range(2)]
-        )
+        images = range(s_p.shape[1])
+        s_views = [[ref_assign(s_p[g, b], d_ref, y_ref, c.student_temp) for b in images] for g in range(2)]
+        t_views = [[ref_assign(t_p[g, b], d_ref, y_ref, t_temp) for b in images] for g in range(2)]
+        sp_all.append([torch.stack(v) for v in s_views])
+        tp_all.append([torch.stack(v) for v in t_views])
     return cls_ref, ref_mim_loss(sp_all, tp_all, masks)
 
 

@@ -19,6 +19,12 @@ def unit(*shape: int, seed: int) -> torch.Tensor:
     return torch.nn.functional.normalize(torch.randn(*shape, generator=g), dim=-1)
 
 
+def random_anchors(memory_size: int, num_anchors: int, num_sets: int) -> torch.Tensor:
+    """[T, P] distinct anchor rows per set, set t drawn from seed t."""
+    draws = [torch.randperm(memory_size, generator=torch.Generator().manual_seed(t)) for t in range(num_sets)]
+    return torch.stack([d[:num_anchors] for d in draws])
+
+
 def clustered(n: int, d: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     centres = unit(n // 32, d, seed=seed + 1)
@@ -40,7 +46,7 @@ def test_exact_backends_agree_on_1000_queries(name: str) -> None:
 @pytest.mark.parametrize("name", EXACT)
 def test_search_sets_excludes_each_sets_anchors_from_that_set_only(name: str) -> None:
     pool = unit(2000, 32, seed=3)
-    anchors = torch.stack([torch.randperm(2000, generator=torch.Generator().manual_seed(s))[:16] for s in range(3)])
+    anchors = random_anchors(2000, 16, 3)
     anchors[1, :4] = anchors[0, :4]  # shared anchors: excluded from both sets, no others
     backend = get_retrieval(name)
     s, i = search_sets(backend, pool[anchors], pool, 5, anchors)
@@ -59,7 +65,7 @@ def test_auto_picks_a_registered_exact_backend_and_logs_once(caplog: pytest.LogC
             auto.search(pool[:64], pool, 8, exclude=torch.arange(64))
     (key,) = auto.choice
     choice, table = auto.choice[key], auto.table[key]
-    assert choice in RETRIEVAL_BACKENDS and RETRIEVAL_BACKENDS[choice].exact and choice != "auto"
+    assert choice in RETRIEVAL_BACKENDS and RETRIEVAL_BACKENDS.get(choice).exact and choice != "auto"
     assert set(table) == set(exact_candidates("cpu"))
     assert table[choice] == min(table.values())
     assert len([r for r in caplog.records if "retrieval=auto" in r.getMessage()]) == 1
@@ -87,7 +93,7 @@ def test_auto_measures_each_shape_once() -> None:
 @pytest.mark.parametrize("k", [0, 3])
 def test_batched_sets_equal_per_set_build_sops(k: int) -> None:
     memory = unit(500, 16, seed=10)
-    anchors = torch.stack([torch.randperm(500, generator=torch.Generator().manual_seed(s))[:12] for s in range(4)])
+    anchors = random_anchors(500, 12, 4)
     batched = build_sop_sets(memory, anchors, k, 0.1, get_retrieval("torch"))
     for t in range(4):
         got = batched[t]

@@ -1,4 +1,5 @@
-"""``auto`` under DDP: inside ``lockstep`` every rank adopts rank 0's backend, outside it never communicates."""
+"""``auto`` under DDP: inside ``lockstep`` every rank adopts rank 0's backend, outside it never
+communicates."""
 
 from __future__ import annotations
 
@@ -14,14 +15,16 @@ from sop_plugin.core.retrieval import AutoRetrieval, lockstep
 
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    pool = torch.nn.functional.normalize(torch.randn(500, 8, generator=torch.Generator().manual_seed(0)), dim=1)
+    rows = torch.randn(500, 8, generator=torch.Generator().manual_seed(0))
+    pool = torch.nn.functional.normalize(rows, dim=1)
     q, ex = pool[:16], torch.arange(16)
     preferred = ("torch", "faiss")[rank]  # each rank alone would pick a different backend
 
     def fake_time(backend: object, *args: object) -> float:
         return 0.0 if backend.name == preferred else 1.0  # type: ignore[attr-defined]
 
-    inside, outside = (AutoRetrieval(candidates=["torch", "faiss"]), AutoRetrieval(candidates=["torch", "faiss"]))
+    inside = AutoRetrieval(candidates=["torch", "faiss"])
+    outside = AutoRetrieval(candidates=["torch", "faiss"])
     inside._time = fake_time  # type: ignore[method-assign]
     outside._time = fake_time  # type: ignore[method-assign]
     with lockstep(inside):

@@ -9,7 +9,8 @@ from sop_plugin.data import EvalTransform, MultiCropAugment, ops
 
 
 def _batch(n: int = 6, c: int = 1, h: int = 28, w: int = 28, seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, 256, (n, c, h, w), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, c, h, w), generator=generator, dtype=torch.uint8)
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -32,7 +33,8 @@ def test_deterministic_given_generator() -> None:
 
 
 def test_values_stay_in_unit_range_before_normalisation() -> None:
-    aug = MultiCropAugment(20, 12, 2, brightness=0.8, contrast=0.8, solarize_prob=(1, 1, 1), mean=(0.0,), std=(1.0,))
+    identity = {"mean": (0.0,), "std": (1.0,)}
+    aug = MultiCropAugment(20, 12, 2, brightness=0.8, contrast=0.8, solarize_prob=(1, 1, 1), **identity)
     views = aug(_batch(n=32, c=3), torch.Generator().manual_seed(1))
     assert all(v.min() >= 0.0 and v.max() <= 1.0 for v in views)
 

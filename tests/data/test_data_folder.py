@@ -38,7 +38,8 @@ def test_flat_folder_skips_corrupt_and_warns(tmp_path: Path, caplog) -> None:
     values = sorted(int(x) for x in np.concatenate([train.images[:, 0, 0, 0], test.images[:, 0, 0, 0]]))
     assert values == [0, 1, 2, 3, 4, 10, 11, 12, 13, 14]
     for ds in (train, test):  # label follows the folder
-        assert all((int(v) >= 10) == bool(lab) for v, lab in zip(ds.images[:, 0, 0, 0], ds.labels, strict=True))
+        pixels = ds.images[:, 0, 0, 0]
+        assert all((int(v) >= 10) == bool(lab) for v, lab in zip(pixels, ds.labels, strict=True))
 
 
 def test_too_many_corrupt_files_fail(tmp_path: Path) -> None:

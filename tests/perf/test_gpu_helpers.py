@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from sop_plugin.core.memory import SupportMemory
+from sop_plugin.perf.agreement import retrieval_agreement, tie_aware_agreement
 from sop_plugin.perf.cli import parse_args
-from sop_plugin.perf.retrieval import retrieval_agreement, tie_aware_agreement
 from sop_plugin.perf.timing import EventSpan, KernelClock, device_busy_seconds
 from tests.tinydata import load_benchmark_script
 

@@ -69,5 +69,6 @@ def test_gpu_run_dry_runs_every_stage(tiny_data: Path, tmp_path: Path) -> None:
     table = done.stdout.strip().splitlines()
     header = next(i for i, line in enumerate(table) if line.startswith("stage "))
     assert [line.split()[0] for line in table[header + 1 :] if line[:1].isdigit()] == ["1", "2", "3", "4"]
-    rows_md = [line for line in (out / "summary.md").read_text().splitlines() if line[:3] in {f"| {i}" for i in "1234"}]
+    stage_rows = {f"| {i}" for i in "1234"}
+    rows_md = [line for line in (out / "summary.md").read_text().splitlines() if line[:3] in stage_rows]
     assert len(rows_md) == 4

@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from sop_plugin.core.retrieval import RETRIEVAL_BACKENDS
+from sop_plugin.perf.agreement import gpu_retrieval_check
 from sop_plugin.perf.breakdown import CATEGORIES, split_step
-from sop_plugin.perf.cli import check_targets, parse_args, run
-from sop_plugin.perf.retrieval import auto_check, gpu_retrieval_check, retrieval_table
+from sop_plugin.perf.cli import parse_args, run
+from sop_plugin.perf.retrieval import auto_check, retrieval_table
+from sop_plugin.perf.targets import check_targets
 
 
 @pytest.fixture(scope="module")
@@ -100,9 +102,8 @@ def test_reference_settings_are_reported_but_not_checked() -> None:
         "ratio_sop_over_ibot": 1.5,
         "ratio_sop_over_dino": 1.5,
     }
-    targets = check_targets(
-        {"step": {"vit_tiny_28": {**fast, "target_setting": True}, "quick_28": {**fast, "target_setting": False}}}
-    )
+    step = {"vit_tiny_28": {**fast, "target_setting": True}, "quick_28": {**fast, "target_setting": False}}
+    targets = check_targets({"step": step})
     assert targets["vit_tiny_28.ratio_sop_over_dino"]["met"] is False
     assert not any(name.startswith("quick_28.") for name in targets)
     assert parse_args(["device=cpu"])["settings"] == ["vit_tiny_28", "vit_tiny_224", "quick_28"]

@@ -1,4 +1,7 @@
-"""``benchmarks/step_times.py`` times every step of a real (tiny) benchmark fit and writes steps.json."""
+"""``sop_plugin/bench/results/step_times.py`` on a real (tiny) benchmark fit.
+
+It times every step of the fit and writes steps.json.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.tinydata import TINY_BENCH, load_benchmark_script
+from sop_plugin.bench.results import step_times
+from tests.tinydata import TINY_BENCH
 
 
 @pytest.mark.slow
 def test_step_times_writes_every_step(tiny_data: Path, tmp_path: Path) -> None:
-    module = load_benchmark_script("step_times")
+    module = step_times
     out = tmp_path / "steps"
     module.main(["sop", str(out), *TINY_BENCH, f"data.path={tiny_data}"])
     data = json.loads((out / "steps.json").read_text())

@@ -1,6 +1,6 @@
 """The bad inputs tried by ``test_bad_input.py``: settings -> the error class and message they get.
 
-``scripts``-free on purpose: ``python tests/reliability/bad_inputs.py DATA_DIR`` prints the
+``scripts``-free on purpose: ``python -m tests.reliability.bad_inputs DATA_DIR`` prints the
 exact messages (used to write docs/reliability.md).
 """
 
@@ -51,7 +51,12 @@ CONFIG_CASES: list[tuple[str, list[str], str, str]] = [
     ),
     ("bad_temperature", ["temps.student_temp=0"], "ConfigError", "student_temp=0.0 must be > 0"),
     ("unknown_anchor_selection", ["sop.anchor_selection=dense"], "ConfigError", "anchor_selection='dense'"),
-    ("unknown_sop_key", ["+sop.num_prototypes=10"], "ConfigError", "unknown SOP setting(s) ['num_prototypes']"),
+    (
+        "unknown_sop_key",
+        ["+sop.num_prototypes=10"],
+        "ConfigError",
+        "unknown SOP setting(s) ['num_prototypes']",
+    ),
     (
         "bad_mask_ratio",
         ["masks.ratio=[0.5,0.2]"],
@@ -67,7 +72,12 @@ CONFIG_CASES: list[tuple[str, list[str], str, str]] = [
     ),
     (
         "batch_times_devices_larger_than_dataset",
-        ["train.batch_size=64", "trainer.devices=2", "sop.class_memory_size=200", "sop.patch_memory_size=200"],
+        [
+            "train.batch_size=64",
+            "trainer.devices=2",
+            "sop.class_memory_size=200",
+            "sop.patch_memory_size=200",
+        ],
         "ConfigError",
         "train.batch_size x devices = 128 exceeds the 96 training images",
     ),
@@ -86,7 +96,12 @@ CONFIG_CASES: list[tuple[str, list[str], str, str]] = [
         "train.rng_chunk=5 must be a positive divisor of train.batch_size=16",
     ),
     ("trust_checkpoint_not_bool", ["trust_checkpoint=maybe"], "ConfigError", "trust_checkpoint='maybe'"),
-    ("resume_path_missing", ["resume=/nonexistent/run"], "ConfigError", "resume=/nonexistent/run does not exist"),
+    (
+        "resume_path_missing",
+        ["resume=/nonexistent/run"],
+        "ConfigError",
+        "resume=/nonexistent/run does not exist",
+    ),
     ("zero_epochs", ["train.epochs=0"], "ConfigError", "train.epochs must be >= 1"),
 ]
 
@@ -95,7 +110,6 @@ if __name__ == "__main__":
     import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: tests.* importable
     from sop_plugin.bench.runner import run
     from tests.reliability.relutil import tiny_config
 

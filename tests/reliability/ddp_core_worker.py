@@ -13,8 +13,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from sop_plugin.bench.ema import ema_update
-from sop_plugin.bench.encoder import MaskedEncoder, build_vit
+from sop_plugin.bench.train.ema import ema_update
+from sop_plugin.bench.train.encoder import MaskedEncoder, build_vit
 from sop_plugin.core import SOPConfig, SOPHead, SOPObjective
 from sop_plugin.runtime.masking import BlockMaskGenerator
 
@@ -44,7 +44,9 @@ class Student(nn.Module):
         self.enc = MaskedEncoder(build_vit(16, 4, 32, 1, 2, in_chans=1, drop_path_rate=0.0))
         self.head = SOPHead(32, 64, 32)
 
-    def forward(self, globals_: Tensor, masks: Tensor | None, locals_: Tensor | None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, globals_: Tensor, masks: Tensor | None, locals_: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
         g, b = globals_.shape[:2]
         cls, patches = self.enc(globals_.flatten(0, 1), None if masks is None else masks.flatten(0, 1))
         z_cls = self.head(cls).view(g, b, -1)
@@ -56,7 +58,10 @@ class Student(nn.Module):
 
 
 def fixed_batch(step: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Global batch of step ``step``: 2 global views [2, 8, 1, 16, 16], 1 local [1, 8, 1, 16, 16], masks [2, 8, 16]."""
+    """Global batch of step ``step``.
+
+    2 global views [2, 8, 1, 16, 16], 1 local [1, 8, 1, 16, 16], masks [2, 8, 16].
+    """
     gen = torch.Generator().manual_seed(1000 + step)
     images = torch.randn(GLOBAL_BATCH, 1, 16, 16, generator=gen)
     globals_ = torch.stack([images, images.flip(-1) + 0.1 * torch.randn(images.shape, generator=gen)])
@@ -81,7 +86,13 @@ def train(rank: int, world: int, out: Path, port: int) -> None:
     opt = torch.optim.AdamW(student.parameters(), lr=1e-3, weight_decay=0.04, eps=1e-6)
     b = GLOBAL_BATCH // world
     part = slice(rank * b, (rank + 1) * b)
-    record: dict[str, list[Tensor]] = {"loss": [], "class_bank": [], "patch_bank": [], "class_ptr": [], "patch_ptr": []}
+    record: dict[str, list[Tensor]] = {
+        "loss": [],
+        "class_bank": [],
+        "patch_bank": [],
+        "class_ptr": [],
+        "patch_ptr": [],
+    }
     for step in range(STEPS):
         globals_, local, masks = fixed_batch(step)
         globals_, local, masks = globals_[:, part], local[:, part], masks[:, part]

@@ -76,7 +76,11 @@ def ibot_objective() -> tuple[nn.Module, Callable[[nn.Module, RankTokens, int], 
         with torch.no_grad():
             teacher_masked = objective.teacher_head(t.t_patch[t.masks])
         return Step(
-            out.loss, float(out.logs["loss_mim"]), teacher_masked, centre, objective.patch_loss.center.value.clone()
+            out.loss,
+            float(out.logs["loss_mim"]),
+            teacher_masked,
+            centre,
+            objective.patch_loss.center.value.clone(),
         )
 
     return objective, run
@@ -95,7 +99,9 @@ def train(rank: int, world: int, out: Path, port: int) -> None:
     """STEPS steps (forward, backward through DDP, SGD) on this rank's tokens; save what the test checks."""
     torch.set_num_threads(1)
     timeout = timedelta(seconds=COLLECTIVE_TIMEOUT_S)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=timeout)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=timeout
+    )
     torch.manual_seed(0)  # the same heads on both ranks
     objective, run = ibot_objective()
     # broadcast_buffers=False: each rank keeps the centre it computed itself (the test compares them)
@@ -108,11 +114,20 @@ def train(rank: int, world: int, out: Path, port: int) -> None:
         opt.zero_grad()
         result.loss.backward()
         head_grad = torch.cat([p.grad.flatten() for p in objective.parameters() if p.grad is not None])
-        patch_grad = tokens.s_patch.grad if tokens.s_patch.grad is not None else torch.zeros_like(tokens.s_patch)
+        patch_grad = (
+            tokens.s_patch.grad if tokens.s_patch.grad is not None else torch.zeros_like(tokens.s_patch)
+        )
         # head_grad: averaged over the ranks by DDP; patch_grad: this rank's own, and the patch term's
         # alone (the student's patch tokens enter no other term)
-        record.append({**result._asdict(), "loss": result.loss.detach(), "masks": tokens.masks,
-                       "s_patch_grad": patch_grad, "head_grad": head_grad})  # fmt: skip
+        record.append(
+            {
+                **result._asdict(),
+                "loss": result.loss.detach(),
+                "masks": tokens.masks,
+                "s_patch_grad": patch_grad,
+                "head_grad": head_grad,
+            }
+        )
         opt.step()
     torch.save(record, out / f"rank{rank}.pt")
     dist.barrier()

@@ -1,4 +1,7 @@
-"""Helpers for the reliability tests: the tiny SOP run (``tinydata.TINY_RUN``), loss capture, crashes, a stalled write."""
+"""Helpers for the reliability tests.
+
+The tiny SOP run (``tinydata.TINY_RUN``), loss capture, crashes, a stalled write.
+"""
 
 from __future__ import annotations
 
@@ -32,7 +35,9 @@ class LossRecorder(L.Callback):
     def __init__(self) -> None:
         self.losses: dict[int, float] = {}
 
-    def on_train_batch_end(self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         self.losses[int(trainer.global_step) - 1] = float(loss)
 
@@ -60,7 +65,8 @@ def state_of(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 def assert_states_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 1e-6) -> None:
     assert a.keys() == b.keys()
     worst = max(
-        ((k, float((a[k].double() - b[k].double()).abs().max())) for k in a if a[k].numel()), key=lambda kv: kv[1]
+        ((k, float((a[k].double() - b[k].double()).abs().max())) for k in a if a[k].numel()),
+        key=lambda kv: kv[1],
     )
     assert worst[1] <= atol, f"largest difference {worst[1]:.3g} in {worst[0]}"
 
@@ -94,8 +100,11 @@ class _StallingFile:
 
 
 def save_then_stall_mid_write(path: str) -> None:
-    """Child of the mid-write kill test: save step 1 to ``path`` with :class:`AtomicCheckpointIO`, then
-    save step 2 through the same code with ``torch.save``'s bytes stalled half-way (see :class:`_StallingFile`)."""
+    """Child of the mid-write kill test.
+
+    Save step 1 to ``path`` with :class:`AtomicCheckpointIO`, then save step 2 through the same code
+    with ``torch.save``'s bytes stalled half-way (see :class:`_StallingFile`).
+    """
     checkpoint_io = AtomicCheckpointIO()
     checkpoint_io.save_checkpoint(checkpoint_at(1), path)
     buffer = io.BytesIO()

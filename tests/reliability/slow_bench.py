@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sop_plugin.bench import callbacks, cli, runner
+from sop_plugin.bench import cli, runner
+from sop_plugin.bench.train import callbacks
 from sop_plugin.runtime.checkpoint_io import AtomicCheckpointIO
 
 _original = callbacks.StepTimer.on_train_batch_end
@@ -26,7 +27,7 @@ _original_commit = AtomicCheckpointIO._commit
 PROGRESS = os.environ.get("SOP_TEST_PROGRESS")
 SLOW_SAVE = float(os.environ.get("SOP_TEST_SLOW_SAVE", "0"))
 SLOW_EVAL = float(os.environ.get("SOP_TEST_SLOW_EVAL", "0"))
-_original_eval = runner.evaluate_fitted
+_original_eval = runner.evaluate
 
 
 def _slow(self: Any, trainer: Any, *args: Any) -> None:
@@ -46,11 +47,11 @@ def _slow_commit(self: Any, checkpoint: dict, tmp: Path, path: Path) -> None:
     _original_commit(self, checkpoint, tmp, path)
 
 
-def _slow_eval(method: str, *args: Any, **kwargs: Any) -> Any:
+def _slow_eval(fitted: Any, *args: Any, **kwargs: Any) -> Any:
     if PROGRESS:
-        Path(PROGRESS).write_text(f"{method} evaluating")
+        Path(PROGRESS).write_text(f"{fitted.module.method} evaluating")
     time.sleep(SLOW_EVAL)
-    return _original_eval(method, *args, **kwargs)
+    return _original_eval(fitted, *args, **kwargs)
 
 
 if __name__ == "__main__":
@@ -58,5 +59,5 @@ if __name__ == "__main__":
     if SLOW_SAVE > 0:
         AtomicCheckpointIO._commit = _slow_commit  # type: ignore[method-assign]
     if SLOW_EVAL > 0:
-        runner.evaluate_fitted = _slow_eval
+        runner.evaluate = _slow_eval
     cli.main()

@@ -15,7 +15,10 @@ import torch
 from hydra.errors import ConfigCompositionException
 from PIL import Image
 
-from sop_plugin.bench.runner import ConfigError, check_resume, load_data, run
+from sop_plugin.bench.checks import ConfigError, check_resume
+from sop_plugin.bench.inputs import load_data
+from sop_plugin.bench.runner import run
+from sop_plugin.bench.settings import bench_settings
 from sop_plugin.data.errors import DatasetCorruptError, DatasetNotFoundError
 from sop_plugin.data.sources import folder
 from sop_plugin.runtime import CheckpointError, UnsafeCheckpointWarning, load_checkpoint
@@ -35,7 +38,9 @@ def _expect(cfg: dict, error: type[Exception] | str, match: str) -> str:
     return str(info.value)
 
 
-@pytest.mark.parametrize(("extra", "error", "match"), [c[1:] for c in CONFIG_CASES], ids=[c[0] for c in CONFIG_CASES])
+@pytest.mark.parametrize(
+    ("extra", "error", "match"), [c[1:] for c in CONFIG_CASES], ids=[c[0] for c in CONFIG_CASES]
+)
 def test_bad_input_config(extra: list[str], error: str, match: str, tiny_data: Path, tmp_path: Path) -> None:
     _expect(tiny_config(tmp_path / "out", tiny_data, extra), error, match)
 
@@ -67,17 +72,23 @@ def _folder_cfg(tmp_path: Path, tiny_data: Path, path: Path, extra: list[str] | 
 
 def test_bad_input_empty_image_folder(tiny_data: Path, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    _expect(_folder_cfg(tmp_path, tiny_data, tmp_path / "empty"), DatasetNotFoundError, "has no class sub-folders")
+    _expect(
+        _folder_cfg(tmp_path, tiny_data, tmp_path / "empty"), DatasetNotFoundError, "has no class sub-folders"
+    )
     (tmp_path / "noimg" / "a").mkdir(parents=True)
     _expect(_folder_cfg(tmp_path, tiny_data, tmp_path / "noimg"), DatasetNotFoundError, "has no images")
 
 
 def test_bad_input_image_folder_is_a_file(tiny_data: Path, tmp_path: Path) -> None:
     (tmp_path / "file.png").write_bytes(b"x")
-    _expect(_folder_cfg(tmp_path, tiny_data, tmp_path / "file.png"), DatasetNotFoundError, "is not a directory")
+    _expect(
+        _folder_cfg(tmp_path, tiny_data, tmp_path / "file.png"), DatasetNotFoundError, "is not a directory"
+    )
 
 
-def test_bad_input_unreadable_image_folder(tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_input_unreadable_image_folder(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """No read permission (simulated: the tests may run as root, who reads anything)."""
     root = _image_folder(tmp_path / "locked")
 
@@ -94,7 +105,7 @@ def test_bad_input_corrupt_images_skipped_with_count(
     root = _image_folder(tmp_path / "some-bad", n=40, corrupt=1)
     cfg = _folder_cfg(tmp_path, tiny_data, root, ["+data.test_fraction=0.25"])
     with caplog.at_level(logging.WARNING):
-        train, test = load_data(cfg)
+        train, test = load_data(bench_settings(cfg))
     assert len(train) + len(test) == 40
     assert "skipped 1 unreadable of" in caplog.text
 
@@ -116,7 +127,9 @@ class Payload:
 
 
 @pytest.mark.slow
-def test_bad_input_checkpoint_with_pickled_object_is_refused(straight: tuple, tiny_data: Path, tmp_path: Path) -> None:
+def test_bad_input_checkpoint_with_pickled_object_is_refused(
+    straight: tuple, tiny_data: Path, tmp_path: Path
+) -> None:
     ckpt = load_checkpoint(_ckpt(straight[2]))
     ckpt["callbacks"]["evil"] = Payload()
     path = tmp_path / "evil.ckpt"
@@ -136,7 +149,9 @@ def test_bad_input_checkpoint_of_another_method(straight: tuple, tiny_data: Path
 
 
 @pytest.mark.slow
-def test_bad_input_checkpoint_file_for_several_methods(straight: tuple, tiny_data: Path, tmp_path: Path) -> None:
+def test_bad_input_checkpoint_file_for_several_methods(
+    straight: tuple, tiny_data: Path, tmp_path: Path
+) -> None:
     cfg = tiny_config(tmp_path / "out", tiny_data, ["methods=[sop,dino]", f"resume={_ckpt(straight[2])}"])
     _expect(cfg, ConfigError, "is one method's checkpoint but methods=['sop', 'dino']")
 
@@ -151,13 +166,19 @@ def test_bad_input_checkpoint_with_other_shapes(straight: tuple, tiny_data: Path
 def test_bad_input_checkpoint_weights_only(straight: tuple, tiny_data: Path, tmp_path: Path) -> None:
     path = tmp_path / "weights.ckpt"
     torch.save({"state_dict": load_checkpoint(_ckpt(straight[2]))["state_dict"]}, path)
-    _expect(tiny_config(tmp_path / "out", tiny_data, [f"resume={path}"]), CheckpointError, "lacks ['optimizer_states'")
+    _expect(
+        tiny_config(tmp_path / "out", tiny_data, [f"resume={path}"]),
+        CheckpointError,
+        "lacks ['optimizer_states'",
+    )
 
 
 def test_bad_input_checkpoint_empty_file(tiny_data: Path, tmp_path: Path) -> None:
     path = tmp_path / "empty.ckpt"
     path.write_bytes(b"")
-    _expect(tiny_config(tmp_path / "out", tiny_data, [f"resume={path}"]), CheckpointError, "is empty (0 bytes)")
+    _expect(
+        tiny_config(tmp_path / "out", tiny_data, [f"resume={path}"]), CheckpointError, "is empty (0 bytes)"
+    )
 
 
 @pytest.mark.slow
@@ -179,7 +200,9 @@ def test_bad_input_checkpoint_omegaconf_hparams_load_safely(tmp_path: Path) -> N
         {
             "state_dict": {"w": torch.ones(2)},
             "hyper_parameters": {
-                "cfg": OmegaConf.create({"method": "sop", "optimizer": {"lr": 0.1, "betas": [0.9, 0.99]}, "name": None})
+                "cfg": OmegaConf.create(
+                    {"method": "sop", "optimizer": {"lr": 0.1, "betas": [0.9, 0.99]}, "name": None}
+                )
             },
         },
         path,

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from sop_plugin.bench.runner import fit_method, load_data
+from sop_plugin.bench.inputs import load_data
+from sop_plugin.bench.settings import bench_settings
+from sop_plugin.bench.train.fit import fit_method
 from sop_plugin.runtime import load_checkpoint
 from tests.reliability.relutil import LossRecorder, assert_states_close, overrides, state_of, tiny_config
 from tests.tinydata import DDP_EXACT
@@ -34,7 +36,9 @@ COMMON = ["train.epochs=1", *DDP_EXACT]
 
 def _step_losses(metrics: Path) -> dict[int, float]:
     with metrics.open() as f:
-        return {int(r["step"]): float(r["train/loss_step"]) for r in csv.DictReader(f) if r.get("train/loss_step")}
+        return {
+            int(r["step"]): float(r["train/loss_step"]) for r in csv.DictReader(f) if r.get("train/loss_step")
+        }
 
 
 @pytest.fixture(scope="module")
@@ -82,10 +86,12 @@ def test_ddp_bench_cli_runs_and_rank0_reports(ddp_run: Path) -> None:
 
 @pytest.mark.parametrize("method", ["sop", "dino", "ibot"])
 def test_ddp_bench_matches_one_process(method: str, ddp_run: Path, tiny_data: Path, tmp_path: Path) -> None:
-    cfg = tiny_config(tmp_path, tiny_data, [*COMMON, f"methods=[{method}]", "train.batch_size=16", "train.rng_chunk=8"])
-    train, test = load_data(cfg)
+    cfg = tiny_config(
+        tmp_path, tiny_data, [*COMMON, f"methods=[{method}]", "train.batch_size=16", "train.rng_chunk=8"]
+    )
+    train, test = load_data(bench_settings(cfg))
     rec = LossRecorder()
-    fitted = fit_method(method, cfg, train, test, tmp_path, callbacks=[rec])
+    fitted = fit_method(method, bench_settings(cfg), train, test, tmp_path, callbacks=[rec])
     ddp_losses = _step_losses(ddp_run / method / "metrics.csv")
     assert sorted(ddp_losses) == sorted(rec.losses) == list(range(6))
     for step, loss in rec.losses.items():

@@ -44,12 +44,19 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
             # every rank holds the same memory after every step ...
             assert torch.equal(ranks[0]["record"][key][step], ranks[1]["record"][key][step]), (key, step)
             # ... and it is the memory of the single process
-            assert torch.allclose(two[key][step].float(), one[key][step].float(), atol=1e-5, rtol=0), (key, step)
+            assert torch.allclose(two[key][step].float(), one[key][step].float(), atol=1e-5, rtol=0), (
+                key,
+                step,
+            )
     assert int(one["class_ptr"][-1]) == STEPS * 8 % 64  # the whole global batch was enqueued each step
 
     for part in ("student", "teacher"):
         for name, value in single["state"][part].items():
             for r in (0, 1):
-                assert torch.allclose(ranks[r]["state"][part][name], value, atol=1e-5, rtol=0), (part, name, r)
+                assert torch.allclose(ranks[r]["state"][part][name], value, atol=1e-5, rtol=0), (
+                    part,
+                    name,
+                    r,
+                )
     moved = max(float((single["state"]["student"][k] - v).abs().max()) for k, v in single["init"].items())
     assert moved > 1e-3  # the weights did train

@@ -19,9 +19,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from sop_plugin.bench.runner import check_resume, fit_method, load_data
+from sop_plugin.bench.checks import check_resume
+from sop_plugin.bench.inputs import load_data
+from sop_plugin.bench.settings import bench_settings
+from sop_plugin.bench.train.fit import fit_method
 from sop_plugin.runtime import AtomicCheckpointIO, CheckpointError, load_checkpoint
-from tests.reliability.relutil import LossRecorder, assert_states_close, checkpoint_at, overrides, state_of, tiny_config
+from tests.reliability.relutil import (
+    LossRecorder,
+    assert_states_close,
+    checkpoint_at,
+    overrides,
+    state_of,
+    tiny_config,
+)
 from tests.tinydata import DDP_EXACT
 
 #: subprocess, DDP or full-fit tests: left out of `make test-fast`
@@ -70,9 +80,11 @@ def test_kill_mid_epoch_then_resume_matches_uninterrupted(
 
     cfg = tiny_config(tmp_path, tiny_data, ["train.checkpoint_every_n_steps=2", f"resume={tmp_path}"])
     paths = check_resume(cfg)
-    train, test = load_data(cfg)
+    train, test = load_data(bench_settings(cfg))
     rec = LossRecorder()
-    fitted = fit_method("sop", cfg, train, test, tmp_path, ckpt_path=paths["sop"], callbacks=[rec])
+    fitted = fit_method(
+        "sop", bench_settings(cfg), train, test, tmp_path, ckpt_path=paths["sop"], callbacks=[rec]
+    )
     assert sorted(rec.losses) == list(range(saved, 12))  # only the steps after the checkpoint are redone
     for step, loss in rec.losses.items():
         assert loss == pytest.approx(losses[step], abs=1e-6), step
@@ -82,8 +94,13 @@ def test_kill_mid_epoch_then_resume_matches_uninterrupted(
 def test_kill_ddp_run_then_resume_in_ddp_matches_one_process(tiny_data: Path, tmp_path: Path) -> None:
     """SIGKILL both ranks of a 2-process run mid-epoch, resume it with 2 processes: the final
     state equals a 1-process run on the same global batches (batch 16, rng_chunk 8)."""
-    ddp = ["train.checkpoint_every_n_steps=2", "train.batch_size=8", "trainer.devices=2", "trainer.strategy=ddp",
-           *DDP_EXACT]  # fmt: skip
+    ddp = [
+        "train.checkpoint_every_n_steps=2",
+        "train.batch_size=8",
+        "trainer.devices=2",
+        "trainer.strategy=ddp",
+        *DDP_EXACT,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, str(HERE / "slow_bench.py"), *overrides(tmp_path, tiny_data, ddp)],
@@ -103,7 +120,12 @@ def test_kill_ddp_run_then_resume_in_ddp_matches_one_process(tiny_data: Path, tm
     assert 4 <= saved < 12
 
     resumed = subprocess.run(
-        [sys.executable, "-m", "sop_plugin.bench.cli", *overrides(tmp_path, tiny_data, [*ddp, f"resume={tmp_path}"])],
+        [
+            sys.executable,
+            "-m",
+            "sop_plugin.bench.cli",
+            *overrides(tmp_path, tiny_data, [*ddp, f"resume={tmp_path}"]),
+        ],
         env=env,
         cwd=tmp_path,
         capture_output=True,
@@ -115,8 +137,8 @@ def test_kill_ddp_run_then_resume_in_ddp_matches_one_process(tiny_data: Path, tm
     assert final_ddp["global_step"] == 12
 
     one = tiny_config(tmp_path / "one", tiny_data, ["train.rng_chunk=8", *DDP_EXACT])
-    train, test = load_data(one)
-    fitted = fit_method("sop", one, train, test, tmp_path / "one")
+    train, test = load_data(bench_settings(one))
+    fitted = fit_method("sop", bench_settings(one), train, test, tmp_path / "one")
     assert_states_close(dict(final_ddp["state_dict"]), state_of(fitted.module), atol=1e-5)
 
 
@@ -132,16 +154,26 @@ def _read_line(proc: subprocess.Popen, timeout: float, stderr: Path) -> str:
     return line
 
 
-def test_kill_during_checkpoint_write_keeps_previous(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_kill_during_checkpoint_write_keeps_previous(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """SIGKILL a process half-way through writing a checkpoint with AtomicCheckpointIO: the previous
     checkpoint still loads, the partial ``.tmp`` is never read, and the next save removes it."""
     ckpts, stderr = tmp_path / "checkpoints", tmp_path / "child.stderr"
     last = ckpts / "last.ckpt"
     code = "import sys; from tests.reliability.relutil import save_then_stall_mid_write as f; f(sys.argv[1])"
-    with stderr.open("w") as err, subprocess.Popen(
-        [sys.executable, "-c", code, str(last)], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
-    ) as proc:  # fmt: skip
+    with (
+        stderr.open("w") as err,
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(last)],
+            cwd=ROOT,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        ) as proc,
+    ):
         try:
             ready, written, total = _read_line(proc, 120, stderr).split()
             assert ready == "ready"  # the child is blocked inside the write of step 2, half of it on disk
@@ -164,7 +196,9 @@ def test_kill_during_checkpoint_write_keeps_previous(tmp_path: Path, caplog: pyt
     assert sorted(p.name for p in ckpts.iterdir()) == ["last.ckpt"]
     assert f"removed {tmp}" in caplog.text and f"process {proc.pid}, killed" in caplog.text
     after = AtomicCheckpointIO().load_checkpoint(last)
-    assert after["global_step"] == 3 and torch.equal(after["state_dict"]["w"], checkpoint_at(3)["state_dict"]["w"])
+    assert after["global_step"] == 3 and torch.equal(
+        after["state_dict"]["w"], checkpoint_at(3)["state_dict"]["w"]
+    )
 
 
 def test_atomic_save_leaves_a_live_writers_tmp_alone(tmp_path: Path) -> None:

@@ -14,7 +14,9 @@ import lightning as L
 import pytest
 import torch
 
-from sop_plugin.bench.runner import fit_method, load_data
+from sop_plugin.bench.inputs import load_data
+from sop_plugin.bench.settings import bench_settings
+from sop_plugin.bench.train.fit import fit_method
 from sop_plugin.core import SOPConfig, SOPObjective
 from sop_plugin.runtime import NonFiniteLossError, explain_nonfinite, load_checkpoint
 from tests.reliability.relutil import LossRecorder, overrides, state_of, tiny_config
@@ -27,7 +29,13 @@ def inject_nan(monkeypatch: pytest.MonkeyPatch, steps: set[int], where: str = "c
     forward = SOPObjective.forward
 
     def patched(
-        self: SOPObjective, s_cls: Any, t_cls: Any, s_patch: Any = None, *args: Any, step: int = 0, **kwargs: Any
+        self: SOPObjective,
+        s_cls: Any,
+        t_cls: Any,
+        s_patch: Any = None,
+        *args: Any,
+        step: int = 0,
+        **kwargs: Any,
     ) -> Any:
         if step in steps:
             if where == "cls":
@@ -55,9 +63,9 @@ def test_nonfinite_stop_names_component_and_last_checkpoint(
 ) -> None:
     inject_nan(monkeypatch, {5})
     cfg = tiny_config(tmp_path, tiny_data)
-    train, test = load_data(cfg)
+    train, test = load_data(bench_settings(cfg))
     with pytest.raises(NonFiniteLossError) as info:
-        fit_method("sop", cfg, train, test, tmp_path)
+        fit_method("sop", bench_settings(cfg), train, test, tmp_path)
     msg = str(info.value)
     last = tmp_path / "sop" / "checkpoints" / "last.ckpt"
     for part in (
@@ -76,12 +84,14 @@ def test_nonfinite_stop_names_component_and_last_checkpoint(
 
 
 @pytest.mark.slow
-def test_nonfinite_patch_loss_is_named(tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nonfinite_patch_loss_is_named(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     inject_nan(monkeypatch, {1}, where="patch")
     cfg = tiny_config(tmp_path, tiny_data)
-    train, test = load_data(cfg)
+    train, test = load_data(bench_settings(cfg))
     with pytest.raises(NonFiniteLossError) as info:
-        fit_method("sop", cfg, train, test, tmp_path)
+        fit_method("sop", bench_settings(cfg), train, test, tmp_path)
     msg = str(info.value)
     assert "non-finite component(s): patch loss (SOP-MIM)" in msg and "class loss (global" not in msg
     assert "student patch embeddings" in msg and "no checkpoint written yet" in msg
@@ -107,17 +117,22 @@ def test_nonfinite_explain_names_the_sop_set() -> None:
     assert record is not None
     record.class_student_probs[1, 0, 0, 0] = float("nan")
     text = explain_nonfinite(obj)
-    assert "non-finite in set(s) [1]" in text and "class memory 64x8, ptr 0: all rows finite unit vectors" in text
+    assert (
+        "non-finite in set(s) [1]" in text
+        and "class memory 64x8, ptr 0: all rows finite unit vectors" in text
+    )
 
 
 @pytest.mark.slow
-def test_nonfinite_skip_leaves_no_trace(tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nonfinite_skip_leaves_no_trace(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     inject_nan(monkeypatch, {5})
     cfg = tiny_config(tmp_path, tiny_data, ["train.on_nonfinite=skip"])
-    train, test = load_data(cfg)
+    train, test = load_data(bench_settings(cfg))
     states, rec = StateAt(), LossRecorder()
     with pytest.warns(UserWarning, match="skipped step 5"):
-        fitted = fit_method("sop", cfg, train, test, tmp_path, callbacks=[states, rec])
+        fitted = fit_method("sop", bench_settings(cfg), train, test, tmp_path, callbacks=[states, rec])
     assert fitted.trainer.global_step == 12 and fitted.module.skipped_steps == 1
     before, after = states.states[5], states.states[6]  # after step 4 and after the skipped step 5
     for name, value in before.items():  # weights, teacher, optimiser-free buffers, both memories + pointers
@@ -133,9 +148,12 @@ def test_nonfinite_skip_gives_up_after_consecutive_skips(
 ) -> None:
     inject_nan(monkeypatch, set(range(3, 12)))
     cfg = tiny_config(tmp_path, tiny_data, ["train.on_nonfinite=skip", "train.max_consecutive_skips=2"])
-    train, test = load_data(cfg)
-    with pytest.warns(UserWarning), pytest.raises(NonFiniteLossError, match="2 consecutive steps were already skipped"):
-        fit_method("sop", cfg, train, test, tmp_path)
+    train, test = load_data(bench_settings(cfg))
+    with (
+        pytest.warns(UserWarning),
+        pytest.raises(NonFiniteLossError, match="2 consecutive steps were already skipped"),
+    ):
+        fit_method("sop", bench_settings(cfg), train, test, tmp_path)
 
 
 @pytest.mark.slow
@@ -166,7 +184,10 @@ def test_nonfinite_ddp_ranks_agree(policy: str, code: int, tiny_data: Path, tmp_
     assert proc.returncode == code, proc.stderr[-3000:]
     last = tmp_path / "sop" / "checkpoints" / "last.ckpt"
     if policy == "stop":
-        assert "sop-bench: stopped: non-finite sop loss at step 3: non-finite component(s): class loss" in proc.stderr
+        assert (
+            "sop-bench: stopped: non-finite sop loss at step 3: non-finite component(s): class loss"
+            in proc.stderr
+        )
         assert "non-finite sop loss at step 3: on another DDP rank (this rank 0" in proc.stderr
         assert not last.exists()  # stopped before the first checkpoint (every 4 steps)
     else:

@@ -7,9 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from sop_plugin.bench.runner import check_resume, fit_method, load_data
+from sop_plugin.bench.checks import check_resume
+from sop_plugin.bench.inputs import load_data
+from sop_plugin.bench.settings import bench_settings
+from sop_plugin.bench.train.fit import fit_method
 from sop_plugin.runtime import CheckpointError, load_checkpoint
-from tests.reliability.relutil import Crash, CrashAtStep, LossRecorder, assert_states_close, state_of, tiny_config
+from tests.reliability.relutil import (
+    Crash,
+    CrashAtStep,
+    LossRecorder,
+    assert_states_close,
+    state_of,
+    tiny_config,
+)
 
 #: subprocess, DDP or full-fit tests: left out of `make test-fast`
 pytestmark = pytest.mark.slow
@@ -38,9 +48,9 @@ def test_resume_matches_straight_run(
 ) -> None:
     losses, final, _ = straight
     cfg = tiny_config(tmp_path, tiny_data, [f"train.num_workers={workers}"])
-    train, test = load_data(cfg)
+    train, test = load_data(bench_settings(cfg))
     with pytest.raises(Crash):
-        fit_method("sop", cfg, train, test, tmp_path, callbacks=[CrashAtStep(crash_at)])
+        fit_method("sop", bench_settings(cfg), train, test, tmp_path, callbacks=[CrashAtStep(crash_at)])
     last = tmp_path / "sop" / "checkpoints" / "last.ckpt"
     ckpt = load_checkpoint(last)
     assert ckpt["global_step"] == ckpt_step
@@ -52,7 +62,7 @@ def test_resume_matches_straight_run(
     assert not list(last.parent.glob("*.tmp"))
 
     rec = LossRecorder()
-    fitted = fit_method("sop", cfg, train, test, tmp_path, ckpt_path=last, callbacks=[rec])
+    fitted = fit_method("sop", bench_settings(cfg), train, test, tmp_path, ckpt_path=last, callbacks=[rec])
     assert fitted.trainer.global_step == 12
     assert sorted(rec.losses) == list(range(ckpt_step, 12))  # nothing skipped, nothing repeated
     for step, loss in rec.losses.items():
@@ -85,8 +95,8 @@ def test_resume_continues_a_finished_run_without_training(
     cfg = tiny_config(out, tiny_data, [f"resume={out}"])
     paths = check_resume(cfg)
     assert paths == {"sop": out / "sop" / "checkpoints" / "last.ckpt"}
-    train, test = load_data(cfg)
+    train, test = load_data(bench_settings(cfg))
     rec = LossRecorder()
-    fitted = fit_method("sop", cfg, train, test, out, ckpt_path=paths["sop"], callbacks=[rec])
+    fitted = fit_method("sop", bench_settings(cfg), train, test, out, ckpt_path=paths["sop"], callbacks=[rec])
     assert rec.losses == {} and fitted.trainer.global_step == 12
     assert_states_close(state_of(fitted.module), final, atol=0.0)

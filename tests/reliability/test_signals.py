@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from sop_plugin.bench.report import validate_results
-from sop_plugin.bench.resume import check_checkpoint
+from sop_plugin.bench.results.schema import validate_results
+from sop_plugin.bench.train.resume import check_checkpoint
 from sop_plugin.runtime import load_checkpoint
 from tests.reliability.relutil import assert_states_close, overrides, tiny_config
 
@@ -57,12 +57,16 @@ def _start(run_dir: Path, data: Path, progress: Path, extra: list[str] = (), **e
     )
 
 
-def _wait(proc: subprocess.Popen, progress: Path, ready: Callable[[str], bool], timeout: float = 180.0) -> str:
+def _wait(
+    proc: subprocess.Popen, progress: Path, ready: Callable[[str], bool], timeout: float = 180.0
+) -> str:
     """Poll the progress file until ``ready(text)``; returns the text."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"sop-bench ended (status {proc.returncode}) before the signal:\n{proc.stderr.read()[-3000:]}")
+            pytest.fail(
+                f"sop-bench ended (status {proc.returncode}) before the signal:\n{proc.stderr.read()[-3000:]}"
+            )
         text = progress.read_text() if progress.is_file() else ""
         if text and ready(text):
             return text
@@ -131,7 +135,12 @@ def _assert_matches_uninterrupted(run_dir: Path, straight: Path) -> None:
     for method, metrics in want["methods"].items():
         for key, value in metrics.items():
             if key not in TIMINGS:
-                assert _same(got["methods"][method][key], value), (method, key, got["methods"][method][key], value)
+                assert _same(got["methods"][method][key], value), (
+                    method,
+                    key,
+                    got["methods"][method][key],
+                    value,
+                )
     for method in ("sop", "dino"):
         final = load_checkpoint(run_dir / method / "checkpoints" / "last.ckpt")
         assert final["global_step"] == 12
@@ -215,7 +224,9 @@ def test_sigint_in_second_method_keeps_the_first_then_resume_matches(
     _assert_matches_uninterrupted(run_dir, straight)
 
 
-def test_sigterm_during_evaluation_then_resume_matches(straight: Path, tiny_data: Path, tmp_path: Path) -> None:
+def test_sigterm_during_evaluation_then_resume_matches(
+    straight: Path, tiny_data: Path, tmp_path: Path
+) -> None:
     run_dir, progress = tmp_path / "run", tmp_path / "progress"
     proc = _start(run_dir, tiny_data, progress, SOP_TEST_SLOW_EVAL="5")
     _wait(proc, progress, lambda text: text == "sop evaluating")
@@ -223,9 +234,14 @@ def test_sigterm_during_evaluation_then_resume_matches(straight: Path, tiny_data
     stderr = _finish(proc)
     assert proc.returncode == 143, stderr[-3000:]
     results = _results(run_dir)
-    assert results["status"] == {"sop": "interrupted at step 12", "dino": "not started"}  # trained, not evaluated
+    assert results["status"] == {
+        "sop": "interrupted at step 12",
+        "dino": "not started",
+    }  # trained, not evaluated
     ckpt = run_dir / "sop" / "checkpoints" / "last.ckpt"
-    assert results["interrupted"]["phase"] == "evaluation" and results["interrupted"]["checkpoint"] == str(ckpt)
+    assert results["interrupted"]["phase"] == "evaluation" and results["interrupted"]["checkpoint"] == str(
+        ckpt
+    )
     assert load_checkpoint(ckpt)["global_step"] == 12
 
     _resume(_message(stderr), tmp_path)

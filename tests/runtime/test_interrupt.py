@@ -1,4 +1,6 @@
-"""SIGTERM / SIGINT inside a Lightning fit, on whichever Lightning is installed (2.6.6 in .venv, 2.1.2 in .venv-solo).
+"""SIGTERM / SIGINT inside a Lightning fit, on whichever Lightning is installed.
+
+That is 2.6.6 in .venv and 2.1.2 in .venv-solo.
 
 The signal is sent by the process to itself from inside ``training_step``, so it lands
 mid-step. Lightning alone ends the fit with no checkpoint (SIGTERM: ``SIGTERMException``, a
@@ -20,7 +22,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from sop_plugin.runtime import AtomicCheckpointIO, load_checkpoint
-from sop_plugin.runtime.interrupt import InterruptCallback, Interrupted, SignalCatcher
+from sop_plugin.runtime.interrupt import InterruptCallback
+from sop_plugin.runtime.signals import Interrupted, SignalCatcher
 
 LIGHTNING = tuple(int(p) for p in L.__version__.split(".")[:2])
 
@@ -151,7 +154,8 @@ class SignalAtTrainStart(L.Callback):
 
 
 def test_sigterm_while_lightnings_handler_is_installed_reaches_the_catcher(tmp_path: Path) -> None:
-    """Lightning composes its handler with the catcher's: both run; the callback stops, not SIGTERMException."""
+    """Lightning composes its handler with the catcher's: both run; the callback stops the fit, not
+    Lightning's SIGTERMException."""
     with SignalCatcher() as catcher:
         callbacks = [SignalAtTrainStart(), InterruptCallback(catcher, lambda trainer: tmp_path / "x.ckpt")]
         trainer = _trainer(tmp_path, callbacks)

@@ -26,9 +26,8 @@ def test_block_masks_are_blocks_and_deterministic() -> None:
     # a masked patch in a block has a masked 4-neighbour
     ys, xs = torch.nonzero(m, as_tuple=True)
     for y, x in zip(ys.tolist(), xs.tolist()):
-        neigh = [
-            m[yy, xx] for yy, xx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)) if 0 <= yy < 8 and 0 <= xx < 8
-        ]
+        around = ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1))
+        neigh = [m[yy, xx] for yy, xx in around if 0 <= yy < 8 and 0 <= xx < 8]
         assert any(neigh)
 
 

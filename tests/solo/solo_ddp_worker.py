@@ -1,8 +1,9 @@
 """Worker for test_solo_ddp: ``sop-solo-pretrain``'s code path on 2 CPU processes (gloo).
 
-Lightning's DDP launcher re-runs this script for rank 1; each rank saves its view of the
-SOP memories after training, so the test can check that the ranks agree.
-Usage: python solo_ddp_worker.py IMAGE_FOLDER OUT_DIR
+Lightning's DDP launcher re-runs this module for rank 1 (``python -m`` again); each rank saves its
+view of the SOP memories after training, so the test can check that the ranks agree.
+Usage, with the repository root on ``PYTHONPATH``:
+``python -m tests.solo.solo_ddp_worker IMAGE_FOLDER OUT_DIR``
 """
 
 from __future__ import annotations
@@ -12,10 +13,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: tests.* importable
-
-from sop_plugin.solo.launch import run_pretrain  # noqa: E402
-from tests.solo.soloutil import CPU, SMALL_SOP, compose_pretrain, data_overrides  # noqa: E402
+from sop_plugin.solo.launch import run_pretrain
+from tests.solo.soloutil import CPU, SMALL_SOP, compose_pretrain, data_overrides
 
 
 def main() -> None:

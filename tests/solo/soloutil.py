@@ -22,6 +22,8 @@ CPU = [
     "wandb.enabled=False",
     "++enable_progress_bar=False",
 ]
+#: solo-learn's optimizer section of the tests' configs, without the batch size
+ADAMW = {"name": "adamw", "lr": 1e-3, "classifier_lr": 1e-3, "weight_decay": 0.0}
 SMALL_SOP = [
     "method_kwargs.head_hidden_dim=128",
     "method_kwargs.class_memory_size=1024",

@@ -20,26 +20,29 @@ pytest.importorskip("solo", reason="solo-learn 1.0.6 is not installed (optional 
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from sop_plugin.bench.encoder import MaskedEncoder  # noqa: E402
-from sop_plugin.bench.module import BenchModule  # noqa: E402
+from sop_plugin.bench.settings import bench_settings
+from sop_plugin.bench.train.encoder import MaskedEncoder  # noqa: E402
+from sop_plugin.bench.train.module import BenchModule  # noqa: E402
 from sop_plugin.solo.ibot_method import IBOT  # noqa: E402
 from sop_plugin.solo.sop_method import SOP  # noqa: E402
+from tests.solo.soloutil import ADAMW  # noqa: E402
 from tests.tinydata import bench_config  # noqa: E402
 
 B, GLOBAL, LOCAL, PATCH = 4, 16, 8, 4
-#: the method settings both hosts get, under the one vocabulary (bench ``<method>.*`` = solo ``method_kwargs``)
+#: the method settings both hosts get, under the one vocabulary (bench ``<method>.*`` = solo
+#: ``method_kwargs``)
 SHARED = {
     "sop": {
-        "dim": 32, "head_hidden_dim": 64, "head_num_layers": 3, "class_memory_size": 64, "class_num_sets": 2,
-        "class_num_anchors": 8, "class_num_supports": 2, "anchor_keep": 0.5, "patch_memory_size": 64,
-        "patch_num_anchors": 16, "teacher_temp": 0.04, "warmup_teacher_temp": 0.04, "koleo_weight": 0.1,
-        "memory_view": 1, "retrieval": "torch", "seed": 3,
+        **{"dim": 32, "head_hidden_dim": 64, "head_num_layers": 3, "koleo_weight": 0.1, "seed": 3},
+        **{"class_memory_size": 64, "class_num_sets": 2, "class_num_anchors": 8, "class_num_supports": 2},
+        **{"anchor_keep": 0.5, "patch_memory_size": 64, "patch_num_anchors": 16, "memory_view": 1},
+        **{"teacher_temp": 0.04, "warmup_teacher_temp": 0.04, "retrieval": "torch"},
     },
     "ibot": {
-        "dim": 32, "head_hidden_dim": 64, "num_prototypes": 48, "teacher_temp": 0.06, "warmup_teacher_temp": 0.04,
-        "warmup_teacher_temp_steps": 10, "koleo_weight": 0.1,
+        **{"dim": 32, "head_hidden_dim": 64, "num_prototypes": 48, "koleo_weight": 0.1},
+        **{"teacher_temp": 0.06, "warmup_teacher_temp": 0.04, "warmup_teacher_temp_steps": 10},
     },
-}  # fmt: skip
+}
 
 
 def solo_model(method: str):
@@ -53,7 +56,7 @@ def solo_model(method: str):
             "method_kwargs": {**SHARED[method], "clip_grad": 0.0, "warmup_teacher_temp_epochs": 0},
             "momentum": {"base_tau": 0.99, "final_tau": 1.0},
             "data": {"dataset": "custom", "num_classes": 5, "num_large_crops": 2, "num_small_crops": 2},
-            "optimizer": {"name": "adamw", "batch_size": B, "lr": 1e-3, "classifier_lr": 1e-3, "weight_decay": 0.0},
+            "optimizer": {**ADAMW, "batch_size": B},
             "scheduler": {"name": "none"},
             "max_epochs": 1,
             "devices": 1,
@@ -71,7 +74,7 @@ def bench_module(method: str, solo, tmp_path: Path, tiny_data: Path) -> BenchMod
     if method == "ibot":
         overrides.append("ibot.freeze_last_layer_fraction=0")
     cfg = bench_config(tmp_path, tiny_data, overrides)
-    module = BenchModule(cfg, method, 3, (0.5,) * 3, (0.5,) * 3, total_steps=10)
+    module = BenchModule(bench_settings(cfg).module(method, 10), 3, (0.5,) * 3, (0.5,) * 3)
     module.student = MaskedEncoder(copy.deepcopy(solo.backbone), initialize=False)
     module.teacher = MaskedEncoder(copy.deepcopy(solo.momentum_backbone), initialize=False)
     module.student.masked_vit.mask_token = torch.nn.Parameter(solo.mask_token.detach().clone())
@@ -90,7 +93,7 @@ def student_grads(named) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("method", ["sop", "ibot"])
-def test_bench_and_solo_give_the_same_loss_gradients_and_state(method: str, tmp_path: Path, tiny_data: Path) -> None:
+def test_bench_and_solo_give_the_same_loss_gradients_and_state(method: str, tmp_path, tiny_data) -> None:
     torch.manual_seed(0)
     solo = solo_model(method)
     bench = bench_module(method, solo, tmp_path, tiny_data)
@@ -126,7 +129,8 @@ def test_bench_and_solo_give_the_same_loss_gradients_and_state(method: str, tmp_
     assert head_b.keys() == head_s.keys() and head_b
     for name, grad in head_b.items():
         torch.testing.assert_close(head_s[name], grad, atol=1e-6, rtol=1e-5, msg=name)
-    torch.testing.assert_close(solo.mask_token.grad, bench.student.masked_vit.mask_token.grad, atol=1e-6, rtol=1e-5)
+    bench_token = bench.student.masked_vit.mask_token
+    torch.testing.assert_close(solo.mask_token.grad, bench_token.grad, atol=1e-6, rtol=1e-5)
 
     # memories (SOP) and loss centres (iBOT) after the step, and nothing else in the method's state
     bench_state, solo_state = bench.objective.state_dict(), solo.method.state_dict()

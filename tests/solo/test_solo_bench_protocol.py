@@ -1,4 +1,5 @@
-"""``python -m sop_plugin.solo.bench_protocol``: a solo-learn checkpoint scored with the benchmark's kNN and probe."""
+"""``python -m sop_plugin.solo.bench_protocol``: a solo-learn checkpoint scored with the benchmark's kNN
+and probe."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ pytest.importorskip("solo", reason="solo-learn 1.0.6 is not installed (optional 
 
 import torch  # noqa: E402
 
-from sop_plugin.bench.evaluation import knn_top1  # noqa: E402
+from sop_plugin.bench.evals.probes import knn_top1  # noqa: E402
 from sop_plugin.data import get_dataset  # noqa: E402
 from sop_plugin.solo.backbones import vit_custom  # noqa: E402
 from sop_plugin.solo.bench_protocol import features, main, teacher_backbone  # noqa: E402
@@ -21,7 +22,8 @@ MEAN, STD = [0.3] * 3, [0.35] * 3
 
 
 def fake_run(root: Path) -> tuple[Path, torch.nn.Module]:
-    """A run folder as solo-learn's Checkpointer leaves it: ``args.json`` and a checkpoint whose teacher differs."""
+    """A run folder as solo-learn's Checkpointer leaves it: ``args.json`` and a checkpoint whose teacher
+    differs from its student."""
     torch.manual_seed(0)
     student, teacher = vit_custom(**KWARGS), vit_custom(**KWARGS)
     state = {f"backbone.{k}": v for k, v in student.state_dict().items()}
@@ -46,9 +48,11 @@ def test_scores_the_teacher_backbone_with_the_bench_knn(tmp_path: Path, tiny_dat
         assert torch.equal(a, b)  # the momentum (teacher) backbone, not the student
     main([str(run), "--path", str(tiny_data), "--out", str(tmp_path / "out")])
     (row,) = json.loads((tmp_path / "out" / "bench_protocol.json").read_text())
-    train, test = get_dataset("fashion-mnist", tiny_data, "train"), get_dataset("fashion-mnist", tiny_data, "test")
-    expected = knn_top1(features(teacher.eval(), train.images, MEAN, STD), train.labels,
-                        features(teacher, test.images, MEAN, STD), test.labels, k=20, temperature=0.07)  # fmt: skip
+    train = get_dataset("fashion-mnist", tiny_data, "train")
+    test = get_dataset("fashion-mnist", tiny_data, "test")
+    train_x = features(teacher.eval(), train.images, MEAN, STD)
+    test_x = features(teacher, test.images, MEAN, STD)
+    expected = knn_top1(train_x, train.labels, test_x, test.labels, k=20, temperature=0.07)
     assert row["knn_top1"] == pytest.approx(expected) and 0 <= row["linear_top1"] <= 100
     assert (row["train_images"], row["test_images"]) == (len(train), len(test))
     assert "| sop |" in (tmp_path / "out" / "bench_protocol.md").read_text()

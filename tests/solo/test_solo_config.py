@@ -6,32 +6,34 @@ import pytest
 
 pytest.importorskip("solo", reason="solo-learn 1.0.6 is not installed (optional extra, see README)")
 
-from omegaconf import OmegaConf  # noqa: E402
+from omegaconf import OmegaConf
 
-from sop_plugin.core import SOPConfig  # noqa: E402
-from sop_plugin.methods import IBOTConfig, MaskConfig  # noqa: E402
-from sop_plugin.methods.ibot import IBOTMethod  # noqa: E402
-from sop_plugin.methods.sop import SOPMethod  # noqa: E402
-from sop_plugin.runtime import num_devices  # noqa: E402
-from sop_plugin.solo.masked import SHARED_KEYS, global_batch_size, method_settings  # noqa: E402
-from sop_plugin.solo.sop_method import METHOD_KWARGS_DEFAULTS, SOP  # noqa: E402
-from tests.solo.soloutil import SCRIPTS, compose  # noqa: E402
+from sop_plugin.core import SOPConfig
+from sop_plugin.methods import IBOTConfig, MaskConfig
+from sop_plugin.methods.ibot import IBOTMethod
+from sop_plugin.methods.sop import SOPMethod
+from sop_plugin.runtime import num_devices
+from sop_plugin.solo.settings import SHARED_KEYS, global_batch_size
+from sop_plugin.solo.sop_method import METHOD_KWARGS_DEFAULTS, SOP
+from tests.solo.soloutil import ADAMW, SCRIPTS, compose
 
 
 def sop_settings(cfg):
     """(SOPConfig, MaskConfig | None) of a filled cfg, as the SOP module builds them."""
-    return method_settings(cfg, "sop", SOP.host_keys())
+    settings = SOP.parse(cfg)
+    return settings.config, settings.masks
 
 
 def make_cfg(method_kwargs=None, backbone="vit_tiny", small_crops=0, large_crops=2, **top):
+    crops = {"num_large_crops": large_crops, "num_small_crops": small_crops}
     cfg = {
         "name": "test",
         "method": "sop",
         "backbone": {"name": backbone, "kwargs": {}},
         "method_kwargs": method_kwargs or {},
         "momentum": {"base_tau": 0.99, "final_tau": 1.0},
-        "data": {"dataset": "custom", "num_classes": 5, "num_large_crops": large_crops, "num_small_crops": small_crops},
-        "optimizer": {"name": "adamw", "batch_size": 8, "lr": 1e-3, "classifier_lr": 1e-3, "weight_decay": 0.0},
+        "data": {"dataset": "custom", "num_classes": 5, **crops},
+        "optimizer": {**ADAMW, "batch_size": 8},
         "scheduler": {"name": "none"},
         "max_epochs": 1,
         "devices": 1,
@@ -88,13 +90,16 @@ def test_method_kwargs_reach_the_objective():
     assert masks == MaskConfig(prob=1.0, ratio=(0.2, 0.4), min_block=4)
 
 
+BAD_RATIO_TYPE = "ratio=[0.1, 0.2, 0.3] must be of type tuple[float, float]"
+
+
 @pytest.mark.parametrize(
     ("method_kwargs", "top", "message"),
     [
         ({"class_num_anchor": 8}, {}, "unknown SOP setting(s) ['class_num_anchor']"),
         ({"masks": {"prob": 1.5}}, {}, "prob=1.5 must be in [0, 1]"),
         ({"masks": {"ratio": [0.6, 0.2]}}, {}, "ratio=[0.6, 0.2] must satisfy 0 <= min <= max < 1"),
-        ({"masks": {"ratio": [0.1, 0.2, 0.3]}}, {}, "ratio=[0.1, 0.2, 0.3] must be of type tuple[float, float]"),
+        ({"masks": {"ratio": [0.1, 0.2, 0.3]}}, {}, BAD_RATIO_TYPE),
         ({"masks": {"min_block": 0}}, {}, "min_block=0 must be >= 1"),
         ({"masks": {"probability": 0.5}}, {}, "unknown masks setting(s) ['probability']"),
         ({"mask_prob": 0.5}, {}, "unknown SOP setting(s) ['mask_prob']"),  # the old flat mask keys
@@ -171,7 +176,8 @@ def test_method_kwargs_are_sopconfig_fields_plus_solo_keys():
     assert METHOD_KWARGS_DEFAULTS["seed"] is None  # None: the run's seed
     assert not set(SHARED_KEYS) & set(SOPConfig.field_names())
     assert SOP.host_keys() == sorted(SHARED_KEYS)  # every other key is an SOPConfig field
-    assert {k: METHOD_KWARGS_DEFAULTS[k] for k in SHARED_KEYS} == SHARED_KEYS and SHARED_KEYS["clip_grad"] == 3.0
+    assert {k: METHOD_KWARGS_DEFAULTS[k] for k in SHARED_KEYS} == SHARED_KEYS
+    assert SHARED_KEYS["clip_grad"] == 3.0
 
 
 def _count_crops(cfg):
@@ -206,7 +212,8 @@ def test_shipped_pretrain_configs_are_valid(dataset):
     # SOP's method_kwargs are SOPConfig's names; solo-learn's DINO has its own
     for sop_key, dino_key in SOLO_NAMES_OF_DINO.items():
         assert sop.method_kwargs[sop_key] == dino.method_kwargs[dino_key], sop_key
-    assert (sop.method_kwargs.teacher_temp, dino.method_kwargs.teacher_temperature) == tuple(TEACHER_TEMPS.values())
+    temps = (sop.method_kwargs.teacher_temp, dino.method_kwargs.teacher_temperature)
+    assert temps == tuple(TEACHER_TEMPS.values())
     assert OmegaConf.to_container(sop.augmentations)[:2] == OmegaConf.to_container(dino.augmentations)
 
     # the strictly matched pair: SOP on the global crops only
@@ -279,8 +286,9 @@ def test_shipped_ibot_configs_match_dino_and_sop(dataset):
         assert ibot.method_kwargs[ibot_key] == dino.method_kwargs[dino_key], ibot_key
     assert ibot.method_kwargs.warmup_teacher_temp_epochs == sop.method_kwargs.warmup_teacher_temp_epochs
     assert ibot.method_kwargs.clip_grad == sop.method_kwargs.clip_grad
-    ibot_cfg, ibot_masks = method_settings(ibot, "ibot", IBOT.host_keys())
-    _, sop_masks = method_settings(sop, "sop", SOP.host_keys())
+    ibot_settings = IBOT.parse(ibot)
+    ibot_cfg, ibot_masks = ibot_settings.config, ibot_settings.masks
+    sop_masks = SOP.parse(sop).masks
     assert isinstance(ibot_cfg, IBOTConfig) and ibot_masks.min_block == sop_masks.min_block
     # each method's own masks and temperatures: iBOT's authors' (p = 0.5, U(0.1, 0.5), 0.04 -> 0.07), SOP's
     # authors' (every global view at 0.3, constant 0.04, half the anchors kept, memories fed by view 2)

@@ -12,16 +12,19 @@ import pytest
 
 pytest.importorskip("solo", reason="solo-learn 1.0.6 is not installed (optional extra, see README)")
 
-import torch  # noqa: E402
+import torch
 
-WORKER = Path(__file__).resolve().parent / "solo_ddp_worker.py"
+#: the repository root, where ``tests.solo.solo_ddp_worker`` is importable from
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
 def test_solo_ddp_two_processes_share_memories(tiny_image_folder: Path, tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    paths = [str(ROOT), os.environ.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     result = subprocess.run(
-        [sys.executable, str(WORKER), str(tiny_image_folder), str(tmp_path)],
+        [sys.executable, "-m", "tests.solo.solo_ddp_worker", str(tiny_image_folder), str(tmp_path)],
         cwd=tmp_path,
         env=env,
         capture_output=True,

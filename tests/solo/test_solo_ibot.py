@@ -14,12 +14,16 @@ import pytest
 
 pytest.importorskip("solo", reason="solo-learn 1.0.6 is not installed (optional extra, see README)")
 
-import torch  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-from torch.utils.data import DataLoader, Dataset  # noqa: E402
+import torch
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader, Dataset
+
+from tests.solo.soloutil import ADAMW
 
 PROTOTYPES = 512
 NUM_CLASSES = 10
+#: CPU-sized heads
+SMALL_HEADS = {"num_prototypes": PROTOTYPES, "head_hidden_dim": 64, "dim": 32}
 
 
 def ibot_cfg(backbone: str = "resnet18", size: int = 32, small_crops: int = 0, **method_kwargs):
@@ -30,7 +34,7 @@ def ibot_cfg(backbone: str = "resnet18", size: int = 32, small_crops: int = 0, *
             "name": "ibot-test",
             "method": "ibot",
             "backbone": {"name": backbone, "kwargs": kwargs},
-            "method_kwargs": {"num_prototypes": PROTOTYPES, "head_hidden_dim": 64, "dim": 32, **method_kwargs},
+            "method_kwargs": {**SMALL_HEADS, **method_kwargs},
             "momentum": {"base_tau": 0.99, "final_tau": 1.0},
             "data": {
                 "dataset": "cifar10",
@@ -38,7 +42,7 @@ def ibot_cfg(backbone: str = "resnet18", size: int = 32, small_crops: int = 0, *
                 "num_large_crops": 2,
                 "num_small_crops": small_crops,
             },
-            "optimizer": {"name": "adamw", "batch_size": 4, "lr": 1e-3, "classifier_lr": 1e-3, "weight_decay": 0.0},
+            "optimizer": {**ADAMW, "batch_size": 4},
             "scheduler": {"name": "warmup_cosine", "warmup_epochs": 0},
             "knn_eval": {"enabled": True, "k": 3, "distance_func": "cosine"},
             "max_epochs": 2,
@@ -72,7 +76,8 @@ class _Images(Dataset):
         return self.n
 
     def __getitem__(self, i: int):
-        return torch.randn(3, self.size, self.size, generator=torch.Generator().manual_seed(100 + i)), i % NUM_CLASSES
+        image = torch.randn(3, self.size, self.size, generator=torch.Generator().manual_seed(100 + i))
+        return image, i % NUM_CLASSES
 
 
 def fast_dev_fit(model, cfg, sizes: list[int]):
@@ -97,7 +102,6 @@ def fast_dev_fit(model, cfg, sizes: list[int]):
 def test_ibot_cfg_defaults_follow_the_authors_recipe():
     from sop_plugin.methods import IBOTConfig, MaskConfig
     from sop_plugin.solo.ibot_method import IBOT
-    from sop_plugin.solo.masked import method_settings
 
     cfg = IBOT.add_and_assert_specific_cfg(ibot_cfg(num_prototypes=8192))
     mk = cfg.method_kwargs
@@ -105,7 +109,8 @@ def test_ibot_cfg_defaults_follow_the_authors_recipe():
     assert (mk.warmup_teacher_temp, mk.teacher_temp, mk.student_temp) == (0.04, 0.07, 0.1)
     assert mk.warmup_teacher_temp_epochs == 30 and mk.center_momentum == 0.9
     assert mk.freeze_last_layer_epochs == 1 and mk.clip_grad == 3.0 and mk.mim_weight == 1.0
-    config, masks = method_settings(cfg, "ibot", IBOT.host_keys())
+    settings = IBOT.parse(cfg)
+    config, masks = settings.config, settings.masks
     assert config == IBOTConfig(head_hidden_dim=64, dim=32, num_prototypes=8192)
     assert masks == MaskConfig(prob=0.5, ratio=(0.1, 0.5), min_block=4)  # the authors' masks
     assert cfg.momentum.base_tau == 0.99  # solo-learn's BaseMomentumMethod defaults are kept
@@ -114,10 +119,9 @@ def test_ibot_cfg_defaults_follow_the_authors_recipe():
 def test_ibot_masks_are_laid_over_the_authors():
     from sop_plugin.methods import MaskConfig
     from sop_plugin.solo.ibot_method import IBOT
-    from sop_plugin.solo.masked import method_settings
 
     cfg = IBOT.add_and_assert_specific_cfg(ibot_cfg(masks={"prob": 0.25}))
-    assert method_settings(cfg, "ibot", IBOT.host_keys())[1] == MaskConfig(prob=0.25, ratio=(0.1, 0.5), min_block=4)
+    assert IBOT.parse(cfg).masks == MaskConfig(prob=0.25, ratio=(0.1, 0.5), min_block=4)
 
 
 @pytest.mark.parametrize(
@@ -227,12 +231,14 @@ def test_ibot_nonfinite_loss_stops_naming_the_term(monkeypatch):
     forward = DINOLoss.forward
     monkeypatch.setattr(DINOLoss, "forward", lambda self, *a, **k: forward(self, *a, **k) * float("nan"))
     cfg = ibot_cfg("resnet18")
-    with pytest.raises(NonFiniteLossError, match=r"non-finite iBOT loss at step 0: .*class loss nan \(non-finite\)"):
+    expected = r"non-finite iBOT loss at step 0: .*class loss nan \(non-finite\)"
+    with pytest.raises(NonFiniteLossError, match=expected):
         fast_dev_fit(IBOT(cfg), cfg, [32, 32])
 
 
 def test_ibot_step_without_masked_patches_has_zero_patch_loss_and_keeps_the_centre():
-    """No image masked (``masks.prob`` 0): the [CLS] loss trains, the patch loss is 0, the patch centre stays."""
+    """No image masked (``masks.prob`` 0): the [CLS] loss trains, the patch loss is 0, the patch centre
+    stays."""
     from sop_plugin.solo.ibot_method import IBOT
 
     cfg = ibot_cfg("vit_tiny", size=32, masks={"prob": 0.0})

@@ -9,11 +9,11 @@ import pytest
 
 pytest.importorskip("solo", reason="solo-learn 1.0.6 is not installed (optional extra, see README)")
 
-import torch  # noqa: E402
+import torch
 
-from sop_plugin.core import SOPObjective  # noqa: E402
-from sop_plugin.runtime import NonFiniteLossError  # noqa: E402
-from tests.solo.soloutil import CPU, SMALL_SOP, compose_pretrain, data_overrides  # noqa: E402
+from sop_plugin.core import SOPObjective
+from sop_plugin.runtime import NonFiniteLossError
+from tests.solo.soloutil import CPU, SMALL_SOP, compose_pretrain, data_overrides
 
 BAD_STEP = 1
 STEPS = 4  # 20 training images, batch 5
@@ -88,5 +88,6 @@ def test_solo_nonfinite_bad_policy_is_a_config_error() -> None:
     from sop_plugin.solo.sop_method import SOP
 
     cfg = compose_pretrain(["++method_kwargs.on_nonfinite=ignore"])
-    with pytest.raises(ValueError, match=r"method_kwargs.on_nonfinite='ignore'; choose one of \['stop', 'skip'\]"):
+    expected = r"method_kwargs.on_nonfinite='ignore'; choose one of \['stop', 'skip'\]"
+    with pytest.raises(ValueError, match=expected):
         SOP.add_and_assert_specific_cfg(cfg)

@@ -17,12 +17,12 @@ import pytest
 
 pytest.importorskip("solo", reason="solo-learn 1.0.6 is not installed (optional extra, see README)")
 
-import lightning as L  # noqa: E402
-import torch  # noqa: E402
+import lightning as L
+import torch
 
-from sop_plugin.runtime import load_checkpoint  # noqa: E402
-from sop_plugin.solo import attach, launch  # noqa: E402
-from tests.solo.soloutil import CPU, SMALL_SOP, compose_pretrain, data_overrides  # noqa: E402
+from sop_plugin.runtime import load_checkpoint
+from sop_plugin.solo import attach, launch
+from tests.solo.soloutil import CPU, SMALL_SOP, compose_pretrain, data_overrides
 
 STEPS_PER_EPOCH = 4  # 20 training images, batch 5, drop_last
 MAKE_CALLBACKS = attach.plugin_callbacks  # the launcher's own, before any test patches it
@@ -39,7 +39,7 @@ class PreemptAfterFirstEpoch(L.Callback):
         raise Preempted("interrupted after the first epoch's checkpoint")
 
 
-def _run(folder: Path, ckpt_dir: Path, extra: list[str], monkeypatch: pytest.MonkeyPatch, preempt: bool = False):
+def _run(folder: Path, ckpt_dir: Path, extra: list[str], monkeypatch: pytest.MonkeyPatch, preempt=False):
     def plugin_callbacks(*args, **kwargs):
         return MAKE_CALLBACKS(*args, **kwargs) + ([PreemptAfterFirstEpoch()] if preempt else [])
 
@@ -88,10 +88,8 @@ def test_solo_auto_resume_matches_uninterrupted_run(
     assert resumed.global_step == 2 * STEPS_PER_EPOCH  # resumed at step 4, not restarted from 0
 
     for key in ("train_sop_cls_loss", "train_sop_mim_loss"):
-        assert torch.allclose(resumed.callback_metrics[key], straight.callback_metrics[key], rtol=0, atol=0), (
-            key,
-            float(resumed.callback_metrics[key] - straight.callback_metrics[key]),
-        )
+        got, want = resumed.callback_metrics[key], straight.callback_metrics[key]
+        assert torch.allclose(got, want, rtol=0, atol=0), (key, float(got - want))
     expected, got = _final_state(straight_dir), _final_state(cut_dir)
     assert expected.keys() == got.keys()
     assert any(k.startswith("method.objective.class_memory") for k in expected)

@@ -19,8 +19,8 @@ import pytest
 
 pytest.importorskip("solo", reason="solo-learn 1.0.6 is not installed (optional extra, see README)")
 
-from sop_plugin.runtime import load_checkpoint  # noqa: E402
-from tests.solo.soloutil import CPU, SCRIPTS, SMALL_SOP, data_overrides  # noqa: E402
+from sop_plugin.runtime import load_checkpoint
+from tests.solo.soloutil import CPU, SCRIPTS, SMALL_SOP, data_overrides
 
 HERE = Path(__file__).parent
 STEPS_PER_EPOCH = 4  # 20 training images, batch 5, drop_last
@@ -53,7 +53,7 @@ def _args(folder: Path, ckpt_dir: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_sigterm_mid_epoch_checkpoints_the_step_exits_143_and_resumes(tiny_image_folder: Path, tmp_path: Path) -> None:
+def test_sigterm_mid_epoch_checkpoints_the_step_exits_143_and_resumes(tiny_image_folder, tmp_path):
     ckpt_dir, progress = tmp_path / "trained_models", tmp_path / "progress"
     proc = subprocess.Popen(
         [sys.executable, str(HERE / "slow_solo.py"), *_args(tiny_image_folder, ckpt_dir)],
@@ -81,7 +81,8 @@ def test_sigterm_mid_epoch_checkpoints_the_step_exits_143_and_resumes(tiny_image
     assert proc.returncode == 128 + signal.SIGTERM == 143, stderr[-3000:]
     assert "Traceback" not in stderr
 
-    lines = [line for line in stderr.splitlines() if line.startswith("sop-solo-pretrain: interrupted by SIGTERM")]
+    interrupted = "sop-solo-pretrain: interrupted by SIGTERM"
+    lines = [line for line in stderr.splitlines() if line.startswith(interrupted)]
     assert len(lines) == 1, stderr[-3000:]
     message = lines[0]
     ckpt = Path(message.split("; checkpoint ", 1)[1].split("; resume with: ", 1)[0])
@@ -89,7 +90,8 @@ def test_sigterm_mid_epoch_checkpoints_the_step_exits_143_and_resumes(tiny_image
     assert seen <= saved["global_step"] <= seen + 1
     assert f"at step {saved['global_step']} " in message
     assert ckpt.name.endswith(f"-ep=1-step={saved['global_step']}.ckpt")
-    assert "method.objective.class_memory.bank" in saved["state_dict"] and "rng_states" not in saved  # memories inside
+    # the memories inside, the RNG states in their callback's state
+    assert "method.objective.class_memory.bank" in saved["state_dict"] and "rng_states" not in saved
     assert any("RNGStateCheckpoint" in key for key in saved["callbacks"])  # the RNG states travel with it
     # checkpoint.keep_prev=False: it replaced the epoch-0 checkpoint, so auto-resume finds it alone
     assert sorted(p.name for p in ckpt.parent.glob("*.ckpt")) == [ckpt.name]

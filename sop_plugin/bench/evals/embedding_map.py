@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from sop_plugin.bench.evals._common import progress, settings_from, stream_seed
-from sop_plugin.bench.plots import plot_embedding_map
+from sop_plugin.bench.results.plots import plot_embedding_map
 
 log = logging.getLogger("sop_bench")
 
@@ -103,7 +103,9 @@ def write_embedding_map(
     panels = {}
     backend = resolve_backend(settings.backend)
     chosen = MapSettings(backend, settings.max_points, settings.n_neighbors, settings.min_dist)
-    for name, (x, y) in progress(embeddings.items(), desc=f"embedding map ({backend})", total=len(embeddings)):
+    for name, (x, y) in progress(
+        embeddings.items(), desc=f"embedding map ({backend})", total=len(embeddings)
+    ):
         idx = map_points(len(x), settings.max_points, seed)
         log.info("embedding map (%s): %s, %d points", backend, name, len(idx))
         xy, _ = embed_2d(np.asarray(x)[idx], chosen, seed)

@@ -2,7 +2,7 @@
 
 The labelled subsets are class-balanced and fixed by the seed alone (the same images for
 every method and for the random-init control), and nested: the 1 % subset is the first
-part of the 10 % one. The probe is :func:`sop_plugin.bench.evaluation.linear_probe`, run
+part of the 10 % one. The probe is :func:`sop_plugin.bench.evals.probes.linear_probe`, run
 longer than the full-data probe since there are far fewer samples per epoch.
 """
 
@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from sop_plugin.bench.evals._common import settings_from, stream_seed
-from sop_plugin.bench.evaluation import linear_probe
+from sop_plugin.bench.evals.probes import linear_probe
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sop_plugin.bench.encoder import MaskedEncoder
 from sop_plugin.bench.evals._common import progress, settings_from, stream_seed
+from sop_plugin.bench.train.encoder import MaskedEncoder
 from sop_plugin.data import ops
 from sop_plugin.data.augment import EvalTransform
 
@@ -34,7 +34,10 @@ FROZEN = ("pos_embed",)
 
 @dataclass(frozen=True)
 class FinetuneSettings:
-    """``eval.finetune``. ``train_images``: the first N of a seeded shuffle of the training set (None: all)."""
+    """``eval.finetune``.
+
+    ``train_images``: the first N of a seeded shuffle of the training set (None: all).
+    """
 
     train_images: int | None = 10000
     epochs: int = 2
@@ -83,7 +86,10 @@ class Classifier(nn.Module):
 
 
 def layer_id(name: str, depth: int) -> int:
-    """The layer of a ViT parameter for lr decay: embeddings 0, block ``i`` is ``i + 1``, the rest ``depth + 1``."""
+    """The layer of a ViT parameter for lr decay.
+
+    Embeddings 0, block ``i`` is ``i + 1``, the rest ``depth + 1``.
+    """
     if name.startswith(("cls_token", "reg_token", "pos_embed", "patch_embed", "norm_pre")):
         return 0
     if name.startswith("blocks."):
@@ -91,7 +97,9 @@ def layer_id(name: str, depth: int) -> int:
     return depth + 1
 
 
-def layer_decay_groups(model: Classifier, lr: float, weight_decay: float, layer_decay: float) -> list[dict[str, Any]]:
+def layer_decay_groups(
+    model: Classifier, lr: float, weight_decay: float, layer_decay: float
+) -> list[dict[str, Any]]:
     """AdamW parameter groups with layer-wise lr decay (the BEiT / iBOT / SOP convention).
 
     Parameter of layer ``l`` (:func:`layer_id`) trains at ``lr * layer_decay ** (depth + 1 - l)``:
@@ -103,7 +111,9 @@ def layer_decay_groups(model: Classifier, lr: float, weight_decay: float, layer_
     """
     vit = model.encoder.masked_vit.vit
     depth = len(vit.blocks)
-    named = [(n, p) for n, p in vit.named_parameters()] + [(f"head.{n}", p) for n, p in model.head.named_parameters()]
+    named = [(n, p) for n, p in vit.named_parameters()] + [
+        (f"head.{n}", p) for n, p in model.head.named_parameters()
+    ]
     groups: dict[tuple[int, bool], dict[str, Any]] = {}
     for name, param in named:
         if not param.requires_grad:
@@ -113,7 +123,12 @@ def layer_decay_groups(model: Classifier, lr: float, weight_decay: float, layer_
         scale = layer_decay ** (depth + 1 - layer)
         group = groups.setdefault(
             (layer, decay),
-            {"params": [], "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale, "lr": lr * scale},
+            {
+                "params": [],
+                "weight_decay": weight_decay if decay else 0.0,
+                "lr_scale": scale,
+                "lr": lr * scale,
+            },
         )
         group["params"].append(param)
     return [groups[k] for k in sorted(groups)]
@@ -189,7 +204,9 @@ def finetune_top1(
                 perm = torch.randperm(n, generator=gen)
             idx = perm[(step % steps_per_epoch) * settings.batch_size :][: settings.batch_size]
             x = images[idx].to(device).float().div_(255.0)
-            boxes = ops.sample_crop_boxes(idx.numel(), settings.crop_scale, (3 / 4, 4 / 3), aspect, gen, device)
+            boxes = ops.sample_crop_boxes(
+                idx.numel(), settings.crop_scale, (3 / 4, 4 / 3), aspect, gen, device
+            )
             flips = ops.bernoulli(idx.numel(), settings.hflip, gen, device)
             x = ops.normalize(ops.crop_resize(x, boxes, flips, img_size), mean_t, std_t)
             loss = F.cross_entropy(model(x), labels[idx].to(device), label_smoothing=settings.label_smoothing)

@@ -25,15 +25,10 @@ from torch import Tensor
 from sop_plugin.bench.evals.embedding_map import MapSettings, write_embedding_map
 from sop_plugin.bench.evals.fewshot import FewshotSettings, fewshot_subsets, fewshot_top1
 from sop_plugin.bench.evals.finetune import FinetuneSettings, finetune_top1
-from sop_plugin.bench.evals.segmentation import (
-    SegSet,
-    SegSettings,
-    pixel_patch_tokens,
-    seg_probe,
-    seg_sets,
-    vit_patch_tokens,
-)
-from sop_plugin.bench.module import BenchModule
+from sop_plugin.bench.evals.seg_data import SegSet, SegSettings, seg_sets
+from sop_plugin.bench.evals.segmentation import pixel_patch_tokens, seg_probe, vit_patch_tokens
+from sop_plugin.bench.settings import BenchSettings
+from sop_plugin.bench.train.module import BenchModule
 from sop_plugin.data import ArrayDataset
 
 log = logging.getLogger("sop_bench")
@@ -131,7 +126,11 @@ def _subset_features(module: BenchModule, ctx: SuiteContext) -> Tensor:
 
 
 def evaluate_backbone(
-    module: BenchModule, ctx: SuiteContext, name: str, train_x: Tensor | None = None, test_x: Tensor | None = None
+    module: BenchModule,
+    ctx: SuiteContext,
+    name: str,
+    train_x: Tensor | None = None,
+    test_x: Tensor | None = None,
 ) -> dict[str, Any]:
     """The suite on ``module``'s teacher backbone: ``fewshot_top1``, ``finetune_top1``, ``seg_*``.
 
@@ -226,21 +225,29 @@ def _seg_results(
         device=device,
         desc=f"seg probe {name}",
     )
-    return {"seg_miou": scores["miou"], "seg_pixel_acc": scores["pixel_acc"], "seg_iou_by_class": scores["iou"]}
+    return {
+        "seg_miou": scores["miou"],
+        "seg_pixel_acc": scores["pixel_acc"],
+        "seg_iou_by_class": scores["iou"],
+    }
 
 
-def random_init_module(cfg: Mapping[str, Any], train: ArrayDataset) -> BenchModule:
+def random_init_module(settings: BenchSettings, train: ArrayDataset) -> BenchModule:
     """The backbone every method starts from: the runner seeds the same way before building its module.
 
     The ViT is built (and initialised) before anything method-specific, so the weights do not
     depend on which method is named here.
     """
-    L.seed_everything(int(cfg["seed"]), workers=True, verbose=False)
-    return BenchModule(dict(cfg), list(cfg["methods"])[0], train.images.shape[1], train.mean, train.std, 1)
+    L.seed_everything(settings.seed, workers=True, verbose=False)
+    module_settings = settings.module(settings.methods[0], total_steps=1)
+    return BenchModule(module_settings, train.images.shape[1], train.mean, train.std)
 
 
 def evaluate_controls(
-    cfg: Mapping[str, Any], ctx: SuiteContext, device: torch.device | str = "cpu", save_embeddings: bool = True
+    settings: BenchSettings,
+    ctx: SuiteContext,
+    device: torch.device | str = "cpu",
+    save_embeddings: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """``{"random_init": suite results, "raw_pixels": {"seg_miou", "seg_pixel_acc", ...}}`` (as asked).
 
@@ -249,7 +256,7 @@ def evaluate_controls(
     """
     controls: dict[str, dict[str, Any]] = {}
     if ctx.which:
-        module = random_init_module(cfg, ctx.train).to(device)
+        module = random_init_module(settings, ctx.train).to(device)
         wants_test = "fewshot" in ctx.which or "embedding_map" in ctx.which
         test_x = module.features(ctx.test.images) if wants_test else None
         train_x = _subset_features(module, ctx) if "fewshot" in ctx.which else None
@@ -258,7 +265,9 @@ def evaluate_controls(
             emb = ctx.out / "embeddings"
             emb.mkdir(parents=True, exist_ok=True)
             np.savez(
-                emb / f"{RANDOM_INIT}.npz", test_x=test_x.numpy().astype(np.float32), test_y=ctx.test.labels.numpy()
+                emb / f"{RANDOM_INIT}.npz",
+                test_x=test_x.numpy().astype(np.float32),
+                test_y=ctx.test.labels.numpy(),
             )
     if "seg" in ctx.which:
         start = time.perf_counter()
@@ -275,7 +284,10 @@ def evaluate_controls(
 
 
 def write_map(ctx: SuiteContext, names: Sequence[str]) -> dict[str, Any] | None:
-    """``embedding_map.png`` from ``<out>/embeddings/<name>.npz`` (test_x, test_y) of each name that has one."""
+    """``embedding_map.png`` from ``<out>/embeddings/<name>.npz`` of each name that has one.
+
+    Each ``.npz`` holds ``test_x`` and ``test_y``.
+    """
     embeddings = {}
     for name in names:
         path = ctx.out / "embeddings" / f"{name}.npz"

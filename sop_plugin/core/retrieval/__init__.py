@@ -1,8 +1,6 @@
 """Exact cosine k-NN search of support embeddings, behind one interface (``registry``).
 
-Importing this package registers the backends: ``torch`` (chunked matmul + topk, CPU or GPU),
-``faiss`` (flat inner product; GPU brute force with faiss-gpu) and ``auto`` (the fastest of the
-exact ones, measured per search shape). docs/performance.md says why no others are kept.
+Importing this package registers the backends ``torch``, ``faiss`` and ``auto`` (docs/performance.md).
 """
 
 from sop_plugin.core.retrieval import auto, faiss_backend, torch_backend  # noqa: F401  (register)

@@ -1,11 +1,8 @@
 """``auto``: the exact backend measured fastest for each search shape on this device.
 
-Speed depends on the machine (BLAS, cores, GPU, faiss-gpu) and on the shape, so ``auto`` measures
-instead of guessing: the first search of each shape (memory rows, sets, queries per set, k, dim,
-device) times every exact backend available natively on the device on the real arguments, keeps
-the fastest for that shape and logs the choice once. Only exact backends compete, so the choice
-never changes the neighbours (ties aside). Inside :func:`lockstep` (a training step's SOP sets,
-made by every DDP rank alike) every rank adopts rank 0's choice, so SOP sets stay identical.
+Speed depends on the machine and the shape, so the first search of each shape times every exact
+backend on the real arguments and keeps the fastest; only exact backends compete, so the choice
+never changes the neighbours (ties aside). docs/performance.md, "Retrieval backends", has the rules.
 """
 
 from __future__ import annotations
@@ -22,6 +19,7 @@ from torch import Tensor
 from sop_plugin.core.distributed import rank_and_world
 from sop_plugin.core.retrieval.registry import (
     RETRIEVAL_BACKENDS,
+    Hits,
     Retrieval,
     SetSearch,
     get_retrieval,
@@ -33,26 +31,24 @@ log = logging.getLogger("sop_plugin.retrieval")
 
 #: (memory rows, sets, queries per set, k, dim, device type): what one measurement is valid for
 ShapeKey = tuple[int, int, int, int, int, str]
+_CHOICE_LOG = "retrieval=auto: memory %d, %d set(s) x %d queries, k=%d, dim %d on %s -> %s (%s)"
 
 
 def exact_candidates(device: torch.device | str) -> list[str]:
     """Registered exact backends (``auto`` aside) that run natively on ``device``."""
-    names = (n for n, f in sorted(RETRIEVAL_BACKENDS.items()) if n != "auto" and getattr(f, "exact", False))
-    return [n for n in names if is_available(n, device)]
+    exact = [n for n in sorted(RETRIEVAL_BACKENDS) if getattr(RETRIEVAL_BACKENDS.get(n), "exact", False)]
+    return [n for n in exact if n != "auto" and is_available(n, device)]
 
 
 @register_retrieval("auto")
 class AutoRetrieval(SetSearch):
-    """Exact search through the backend measured fastest for each search shape.
+    """Exact search through the backend measured fastest for each search shape; ``table`` holds the
+    seconds per search of every candidate and ``choice`` the backend used, per measured shape.
 
     Args:
         candidates: backends allowed to compete (None: :func:`exact_candidates` of the device).
         repeats: timed calls per candidate after one warm-up call (fewer once ``budget_s`` is spent).
         budget_s: seconds of timing per candidate and shape before it stops repeating.
-
-    Attributes:
-        table: seconds per search of every candidate, per measured shape.
-        choice: the backend used, per measured shape.
     """
 
     name = "auto"
@@ -71,7 +67,7 @@ class AutoRetrieval(SetSearch):
         """The shape key of a search of queries [T, P, d] in ``pool``."""
         return (pool.shape[0], queries.shape[0], queries.shape[1], k, pool.shape[1], pool.device.type)
 
-    def _search(self, queries: Tensor, pool: Tensor, k: int, exclude: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _search(self, queries: Tensor, pool: Tensor, k: int, exclude: Tensor | None) -> Hits:
         key = self.key(pool, queries, k)
         if key not in self.choice:
             self._measure(key, queries, pool, k, exclude)
@@ -89,19 +85,17 @@ class AutoRetrieval(SetSearch):
         for name in set(self._backends) - set(self.choice.values()):  # free the losers' buffers
             del self._backends[name]
         measured = ", ".join(f"{n} {s * 1e3:.2f} ms" for n, s in sorted(times.items(), key=lambda kv: kv[1]))
-        log.info(
-            "retrieval=auto: memory %d, %d set(s) x %d queries, k=%d, dim %d on %s -> %s (%s)", *key, best, measured
-        )
+        log.info(_CHOICE_LOG, *key, best, measured)
 
-    def _time(self, backend: Retrieval, queries: Tensor, pool: Tensor, k: int, exclude: Tensor | None) -> float:
-        """Seconds per search: the best of up to ``repeats`` calls after a warm-up call (the least noisy
-        estimate on a shared machine); timing stops once ``budget_s`` is spent on one backend."""
+    def _time(self, impl: Retrieval, queries: Tensor, pool: Tensor, k: int, exclude: Tensor | None) -> float:
+        """Seconds per search: the best of up to ``repeats`` calls after a warm-up call (the least
+        noisy estimate on a shared machine); timing stops once ``budget_s`` is spent on one backend."""
         runs: list[float] = []
         while len(runs) < 1 + self.repeats and (len(runs) < 2 or sum(runs) < self.budget_s):
             if pool.is_cuda:
                 torch.cuda.synchronize(pool.device)
             start = time.perf_counter()
-            backend.search_sets(queries, pool, k, exclude)
+            impl.search_sets(queries, pool, k, exclude)
             if pool.is_cuda:
                 torch.cuda.synchronize(pool.device)
             runs.append(time.perf_counter() - start)

@@ -7,7 +7,7 @@ import functools
 import torch
 from torch import Tensor
 
-from sop_plugin.core.retrieval.registry import SetSearch, register_retrieval
+from sop_plugin.core.retrieval.registry import Hits, SetSearch, register_retrieval
 
 
 @functools.lru_cache(maxsize=1)
@@ -47,14 +47,10 @@ def _excluded(idx: Tensor, exclude: Tensor) -> Tensor:
 
 @register_retrieval("faiss")
 class FaissFlatRetrieval(SetSearch):
-    """Exact flat inner-product search with faiss, without keeping an index.
-
-    CPU tensors: ``faiss.knn`` on zero-copy numpy views of the live memory (rebuilding an
-    ``IndexFlatIP`` every step would only add a copy). CUDA tensors with faiss-gpu:
-    ``faiss.knn_gpu`` on the device, torch in and out. Excluded rows are dropped by
-    over-fetching ``k + E`` neighbours: at most E of a query's top ``k + E`` are excluded, so
-    the first k kept ones are its true top k among the allowed rows (exact). faiss-gpu limits
-    k + E to 2048.
+    """Exact flat inner-product search with faiss, without keeping an index (``faiss.knn`` on the
+    live memory; ``faiss.knn_gpu`` on CUDA tensors with faiss-gpu). Excluded rows are dropped by
+    over-fetching ``k + E`` neighbours: at most E of a query's top ``k + E`` are excluded, so the
+    first k kept ones are its exact top k among the allowed rows. faiss-gpu limits k + E to 2048.
     """
 
     name = "faiss"
@@ -67,7 +63,7 @@ class FaissFlatRetrieval(SetSearch):
         except ImportError as err:  # pragma: no cover - faiss is a base dependency
             raise ImportError("retrieval='faiss' needs faiss: pip install faiss-cpu (or faiss-gpu)") from err
 
-    def _search(self, queries: Tensor, pool: Tensor, k: int, exclude: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _search(self, queries: Tensor, pool: Tensor, k: int, exclude: Tensor | None) -> Hits:
         t, p, d = queries.shape
         extra = 0 if exclude is None else exclude.shape[1]
         fetch = min(k + extra, pool.shape[0])
@@ -80,7 +76,7 @@ class FaissFlatRetrieval(SetSearch):
         return sims.gather(-1, order), idx.gather(-1, order)
 
     @staticmethod
-    def _knn(queries: Tensor, pool: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    def _knn(queries: Tensor, pool: Tensor, k: int) -> Hits:
         """Unfiltered top-k on the pool's device (host for CPU tensors or without faiss-gpu)."""
         import faiss
 

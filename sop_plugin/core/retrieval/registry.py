@@ -1,20 +1,22 @@
-"""The retrieval interface and its registry (imports no backend).
+"""The retrieval interface and its registry (imports no backend; docs/performance.md).
 
-``search(queries [P, d], pool [N, d], k, exclude=None) -> (similarities [P, k], indices [P, k])`` ranks
-``pool`` rows by inner product with each (unit) query, best first; ``exclude`` (pool row indices) keeps
-anchors out of their own support set without copying the memory. ``search_sets`` answers the T SOP sets
-of a step at once (queries [T, P, d], exclude [T, E]: set t's rows excluded from set t only). Backends
-register themselves when ``sop_plugin.core.retrieval`` imports them.
+``search(queries [P, d], pool [N, d], k, exclude=None) -> (similarities [P, k], indices [P, k])``
+ranks ``pool`` rows by inner product with each (unit) query, best first; ``exclude`` (pool row
+indices) keeps anchors out of their own support set. ``search_sets`` answers T sets at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
 from torch import Tensor
+
+from sop_plugin.registry import Registry
+
+#: (similarities, indices) of a search, both [..., k], best first
+Hits = tuple[Tensor, Tensor]
 
 
 class Retrieval(Protocol):
@@ -22,34 +24,24 @@ class Retrieval(Protocol):
 
     name: str
 
-    def search(self, queries: Tensor, pool: Tensor, k: int, exclude: Tensor | None = None) -> tuple[Tensor, Tensor]: ...
+    def search(self, queries: Tensor, pool: Tensor, k: int, exclude: Tensor | None = None) -> Hits: ...
+
+    def search_sets(self, queries: Tensor, pool: Tensor, k: int, exclude: Tensor | None = None) -> Hits: ...
 
 
-RETRIEVAL_BACKENDS: dict[str, Callable[..., Retrieval]] = {}
-
-
-def register_retrieval(name: str) -> Callable[[Callable[..., Retrieval]], Callable[..., Retrieval]]:
-    """Class decorator adding a backend factory to :data:`RETRIEVAL_BACKENDS`."""
-
-    def deco(factory: Callable[..., Retrieval]) -> Callable[..., Retrieval]:
-        RETRIEVAL_BACKENDS[name] = factory
-        return factory
-
-    return deco
+#: name -> backend factory (a class), filled by the backends themselves
+RETRIEVAL_BACKENDS: Registry[Callable[..., Retrieval]] = Registry("retrieval backend")
+register_retrieval = RETRIEVAL_BACKENDS.register
 
 
 def get_retrieval(name: str = "torch", **kwargs: object) -> Retrieval:
-    """Build the retrieval backend ``name`` (see :data:`RETRIEVAL_BACKENDS`)."""
-    if name not in RETRIEVAL_BACKENDS:
-        raise ValueError(
-            f"unknown retrieval backend {name!r} (setting `retrieval`); choose one of {sorted(RETRIEVAL_BACKENDS)}"
-        )
-    return RETRIEVAL_BACKENDS[name](**kwargs)
+    """Build the retrieval backend ``name`` (setting ``retrieval``) with ``kwargs``."""
+    return RETRIEVAL_BACKENDS.get(name)(**kwargs)
 
 
 def is_available(backend: str, device: torch.device | str) -> bool:
     """Whether ``backend`` can run natively on ``device`` (no host copies on GPU)."""
-    check = getattr(RETRIEVAL_BACKENDS[backend], "available", None)
+    check = getattr(RETRIEVAL_BACKENDS.get(backend), "available", None)
     return True if check is None else bool(check(torch.device(device)))
 
 
@@ -72,16 +64,7 @@ def check_search_args(queries: Tensor, pool: Tensor, k: int, exclude: Tensor | N
         )
 
 
-def empty_result(queries: Tensor) -> tuple[Tensor, Tensor]:
-    """The answer to a k = 0 search (any leading shape)."""
-    lead = queries.shape[:-1]
-    idx = torch.zeros((*lead, 0), dtype=torch.long, device=queries.device)
-    return queries.new_zeros((*lead, 0)), idx
-
-
-def search_sets(
-    retrieval: Retrieval, queries: Tensor, pool: Tensor, k: int, exclude: Tensor | None = None
-) -> tuple[Tensor, Tensor]:
+def search_sets(retrieval: Retrieval, queries: Tensor, pool: Tensor, k: int, exclude: Tensor | None) -> Hits:
     """Search T sets at once: queries [T, P, d], exclude [T, E] -> ([T, P, k], [T, P, k])."""
     return retrieval.search_sets(queries, pool, k, exclude)
 
@@ -90,35 +73,22 @@ class SetSearch:
     """Base of every backend: checks the arguments once, answers k = 0, and makes ``search`` the
     one-set case of ``search_sets``; a backend implements :meth:`_search` for T >= 1 sets, k >= 1."""
 
-    def _search(self, queries: Tensor, pool: Tensor, k: int, exclude: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _search(self, queries: Tensor, pool: Tensor, k: int, exclude: Tensor | None) -> Hits:
         raise NotImplementedError
 
     @torch.no_grad()
-    def search_sets(
-        self, queries: Tensor, pool: Tensor, k: int, exclude: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """queries [T, P, d], exclude [T, E] (set t's rows excluded from set t only) -> ([T, P, k], [T, P, k])."""
+    def search_sets(self, queries: Tensor, pool: Tensor, k: int, exclude: Tensor | None = None) -> Hits:
+        """queries [T, P, d], exclude [T, E] (set t's rows excluded from set t only) -> Hits [T, P, k]."""
         check_search_args(queries, pool, k, exclude)
-        return empty_result(queries) if k == 0 else self._search(queries, pool, k, exclude)
+        if k > 0:
+            return self._search(queries, pool, k, exclude)
+        empty = torch.zeros((*queries.shape[:-1], 0), dtype=torch.long, device=queries.device)
+        return queries.new_zeros(empty.shape), empty
 
-    def search(self, queries: Tensor, pool: Tensor, k: int, exclude: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """queries [P, d], exclude [E] -> ([P, k], [P, k])."""
+    def search(self, queries: Tensor, pool: Tensor, k: int, exclude: Tensor | None = None) -> Hits:
+        """queries [P, d], exclude [E] -> Hits [P, k]."""
         if queries.ndim != 2:
             raise ValueError(f"search expects queries [P, d], got {tuple(queries.shape)}")
-        sims, idx = self.search_sets(queries[None], pool, k, None if exclude is None else exclude.reshape(1, -1))
+        sets_exclude = None if exclude is None else exclude.reshape(1, -1)
+        sims, idx = self.search_sets(queries[None], pool, k, sets_exclude)
         return sims[0], idx[0]
-
-
-@contextmanager
-def exact_matmul(device: torch.device) -> Iterator[None]:
-    """Full-precision fp32 matmuls, autocast off, whatever the host enabled (TF32, bf16 autocast).
-
-    A training script may allow TF32 or run under bf16 autocast; exact ranking must not inherit it.
-    """
-    precision = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
-    try:
-        with torch.autocast(device_type=device.type, enabled=False):
-            yield
-    finally:
-        torch.set_float32_matmul_precision(precision)

@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor
 
-from sop_plugin.core.retrieval.registry import SetSearch, exact_matmul, register_retrieval
+from sop_plugin.core.retrieval.registry import Hits, SetSearch, register_retrieval
+
+
+@contextmanager
+def exact_matmul(device: torch.device) -> Iterator[None]:
+    """Full-precision fp32 matmuls and autocast off, whatever the host enabled: a training script
+    may allow TF32 or run under bf16 autocast, and exact ranking must not inherit it."""
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        with torch.autocast(device_type=device.type, enabled=False):
+            yield
+    finally:
+        torch.set_float32_matmul_precision(precision)
 
 
 def mask_excluded_(scores: Tensor, exclude: Tensor, start: int) -> None:
-    """Set ``scores`` [T, P, C] (pool rows ``start .. start + C``) to -inf at set t's excluded rows.
-
-    Writes T * E * P entries instead of scanning the whole block.
-    """
+    """Set ``scores`` [T, P, C] (pool rows ``start .. start + C``) to -inf at set t's excluded rows
+    ``exclude`` [T, E]; writes T * E * P entries instead of scanning the whole block."""
     t, p, c = scores.shape
     local = exclude.to(scores.device) - start
     t_idx, e_idx = ((local >= 0) & (local < c)).nonzero(as_tuple=True)
@@ -21,8 +35,8 @@ def mask_excluded_(scores: Tensor, exclude: Tensor, start: int) -> None:
         scores[t_idx[:, None], rows[None, :], local[t_idx, e_idx][:, None]] = float("-inf")
 
 
-def merge_topk(best: tuple[Tensor, Tensor] | None, s: Tensor, i: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Running top-k over pool chunks (values and global indices on the last dim)."""
+def merge_topk(best: Hits | None, s: Tensor, i: Tensor, k: int) -> Hits:
+    """Running top-k over pool chunks: values ``s`` and global indices ``i`` on the last dim."""
     if best is None:
         return s, i
     cat_s, cat_i = torch.cat([best[0], s], dim=-1), torch.cat([best[1], i], dim=-1)
@@ -32,14 +46,10 @@ def merge_topk(best: tuple[Tensor, Tensor] | None, s: Tensor, i: Tensor, k: int)
 
 @register_retrieval("torch")
 class TorchRetrieval(SetSearch):
-    """Exact search in row chunks of the pool, so the score block stays bounded.
-
-    Excluded rows get a score of -inf inside each chunk (per set), so exclusion costs no
-    extra neighbours; runs under :func:`exact_matmul`, so a bf16/TF32 step still ranks
-    exactly. The score block is a reused buffer (not re-allocated every step).
+    """Exact search in row chunks of the pool (excluded rows scored -inf, under :func:`exact_matmul`).
 
     Args:
-        chunk_rows: pool rows scored at once; bounds the [T * P, chunk] score block.
+        chunk_rows: pool rows scored at once; bounds the reused [T * P, chunk] score buffer.
     """
 
     name = "torch"
@@ -55,10 +65,10 @@ class TorchRetrieval(SetSearch):
             buf = self._scores = torch.empty(rows * cols, dtype=like.dtype, device=like.device)
         return buf[: rows * cols].view(rows, cols)
 
-    def _search(self, queries: Tensor, pool: Tensor, k: int, exclude: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _search(self, queries: Tensor, pool: Tensor, k: int, exclude: Tensor | None) -> Hits:
         t, p, d = queries.shape
         flat = queries.reshape(t * p, d).to(pool.dtype)
-        best: tuple[Tensor, Tensor] | None = None
+        best: Hits | None = None
         with exact_matmul(pool.device):
             for start in range(0, pool.shape[0], self.chunk_rows):
                 block = pool[start : start + self.chunk_rows]

@@ -1,1 +1,3 @@
-"""Loaders, one module per kind of source; the registry wires them to names."""
+"""Loaders, one module per kind of source; each registers its datasets when imported."""
+
+from . import animal, folder, idx_sets, torchvision_sets  # noqa: F401  (registration)

@@ -20,14 +20,19 @@ import numpy as np
 
 from ..dataset import ArrayDataset, channel_stats, to_nchw
 from ..errors import DatasetNotFoundError
-from ..splits import DEFAULT_SPLIT_SEED, DEFAULT_TEST_FRACTION, stratified_holdout
+from ..registry import DataPath, register_dataset
+from ..splits import SPLIT_SEED, TEST_FRACTION, stratified_holdout
 
 log = logging.getLogger(__name__)
 
 ANIMAL_CLASSES = ("Bear", "Bird", "Cat", "Cow", "Dog", "Elephant", "Giraffe", "Horse", "Sheep", "Zebra")
 DATA_FILE = "animal_data_version_3.gz"
 LABEL_FILE = "animal_label_version_3.gz"
-INSTALL_HINT = "Install it with `pip install animal-mnist` (it is not a dependency of sop-plugin), or set data.path to the folder holding animal_data_version_3.gz and animal_label_version_3.gz."
+SUMMARY = "Animal-MNIST silhouettes, 9,716 unique 28x28 grey, 10 classes, 80/20 split (pip: animal-mnist)"
+INSTALL_HINT = (
+    "Install it with `pip install animal-mnist` (it is not a dependency of sop-plugin), or set data.path "
+    "to the folder holding animal_data_version_3.gz and animal_label_version_3.gz."
+)
 
 # The only globals a pickled numpy array needs; anything else is refused.
 _ALLOWED_GLOBALS = {
@@ -74,7 +79,8 @@ def dedupe_first(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
     9,716 of the 10,000 images are kept.
     """
     flat = images.reshape(len(images), -1)
-    _, first, inverse, counts = np.unique(flat, axis=0, return_index=True, return_inverse=True, return_counts=True)
+    unique = np.unique(flat, axis=0, return_index=True, return_inverse=True, return_counts=True)
+    _, first, inverse, counts = unique
     inverse = inverse.reshape(-1)
     keep = np.ones(len(first), dtype=bool)
     for group in np.flatnonzero(counts > 1):
@@ -83,13 +89,14 @@ def dedupe_first(images: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.sort(first[keep])
 
 
+@register_dataset("animal-mnist", SUMMARY)
 def load_animal_mnist(
-    path: str | Path | None = None,
+    path: DataPath = None,
     split: str = "train",
     download: bool = False,
     *,
-    test_fraction: float = DEFAULT_TEST_FRACTION,
-    seed: int = DEFAULT_SPLIT_SEED,
+    test_fraction: float = TEST_FRACTION,
+    seed: int = SPLIT_SEED,
 ) -> ArrayDataset:
     """Animal-MNIST, duplicates dropped, then split per class into train/test.
 
@@ -117,4 +124,5 @@ def load_animal_mnist(
     train_idx = stratified_holdout(labels, "train", test_fraction, seed)
     chosen = train_idx if split == "train" else stratified_holdout(labels, "test", test_fraction, seed)
     stats = channel_stats(to_nchw(images[train_idx], "NHW"))
-    return ArrayDataset.from_arrays("animal-mnist", split, images[chosen], labels[chosen], ANIMAL_CLASSES, "NHW", stats)
+    images, labels = images[chosen], labels[chosen]
+    return ArrayDataset.from_arrays("animal-mnist", split, images, labels, ANIMAL_CLASSES, "NHW", stats)

