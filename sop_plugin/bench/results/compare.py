@@ -87,13 +87,16 @@ def timing_ratios(
     """``{"a/b": {timing key: [{"run", "seed", "ratio"}]}}``, only for runs that hold both ``a`` and ``b``.
 
     A method taken from another run directory for a seed (``RUN_DIR:METHOD``) gives no ratio for that
-    seed: its time was measured on another machine or at another load.
+    seed: its time was measured on another machine or at another load. A run marked ``untimed`` (it
+    shared the cores with other work) gives none either.
     """
     out: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for a, b in method_pairs(methods):
         for key in TIMING:
             rows = []
             for r in runs:
+                if r.get("untimed"):
+                    continue
                 ta = lookup(r["methods"].get(a), key)
                 tb = lookup(r["methods"].get(b), key)
                 if ta is not None and tb:

@@ -155,6 +155,10 @@ def timing_table(summary: dict[str, Any]) -> list[str]:
                 lines.append(
                     f"| {name} | {label(key)} | `{row['run']}` | {row['seed']} | {row['ratio']:.3f} |"
                 )
+    untimed = summary.get("untimed") or []
+    if untimed:
+        listed = ", ".join(f"`{run}`" for run in untimed)
+        lines += ["", f"Not timed (the run shared the cores with other work): {listed}."]
     return lines
 
 

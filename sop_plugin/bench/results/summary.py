@@ -87,6 +87,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "comparisons": compare_methods(runs, methods),
         "control_gaps": control_gaps(runs, methods),
         "timing_ratios": timing_ratios(runs, methods),
+        "untimed": [r["source"] for r in runs if r.get("untimed")],
     }
 
 
@@ -209,8 +210,18 @@ def main(argv: list[str] | None = None) -> None:
         "runs", nargs="+", help="sop-bench output directories (with results.json), RUN_DIR[:METHOD,...]"
     )
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--untimed",
+        nargs="*",
+        default=[],
+        metavar="RUN_DIR",
+        help="runs that shared the cores with other work: their times give no ratio",
+    )
     args = parser.parse_args(argv)
     runs = [load_run(spec) for spec in args.runs]
+    untimed = {str(Path(u)) for u in args.untimed}
+    for r in runs:
+        r["untimed"] = str(Path(r["source"])) in untimed
     try:
         summary = summarize(runs)
     except ValueError as e:

@@ -1,4 +1,4 @@
-"""Round 3 of the equal tuning budget: is each method's choice at the edge of the grid?
+"""Stage 3 of the equal tuning budget: is each method's choice at the edge of the grid?
 
 Usage: ``python -m sop_plugin.bench.results.tuning_refine GRID_JSON OUT_DIR [--lrs 8e-3] [--seeds 0 1]``
 

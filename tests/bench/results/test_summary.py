@@ -133,6 +133,22 @@ def test_timings_are_ratios_within_a_run_never_means_over_runs(tmp_path: Path) -
     assert "median step s" in text and "step_seconds_median" not in text and "train_seconds" not in text
 
 
+def test_a_run_that_shared_the_cores_gives_no_time_ratio(tmp_path: Path) -> None:
+    seed0 = _run(tmp_path, "seed0", 0, 80.0)
+    seed1 = _run(tmp_path, "seed1", 1, 81.0)
+    main([seed0, seed1, "--untimed", seed1, "--out", str(tmp_path / "out")])
+    s = json.loads((tmp_path / "out/summary.json").read_text())
+    assert s["untimed"] == [seed1]
+    for measures in s["timing_ratios"].values():
+        for rows in measures.values():
+            assert [row["run"] for row in rows] == [seed0]
+    assert s["methods"]["sop"]["knn_top1"]["seeds"] == [0, 1]  # its accuracies still count
+    assert (
+        f"Not timed (the run shared the cores with other work): `{seed1}`."
+        in (tmp_path / "out/summary.md").read_text()
+    )
+
+
 def test_the_summary_lists_the_machines_of_its_runs(tmp_path: Path) -> None:
     machine = {
         "cpu_model": "Xeon Test",

@@ -1,4 +1,4 @@
-"""``sop_plugin/bench/results/tuning_refine.py``: round 3 of the equal tuning budget.
+"""``sop_plugin/bench/results/tuning_refine.py``: stage 3 of the equal tuning budget.
 
 The same extra learning rates for every method at its grid choice, every point at every seed, the
 choice by the mean over seeds (runs replaced by a table of scores).

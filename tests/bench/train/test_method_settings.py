@@ -43,7 +43,7 @@ def test_authors_recipe_is_the_default(tmp_path: Path, tiny_data: Path) -> None:
 
 def test_tuned_defaults_are_the_tuning_grids_choice(tmp_path: Path, tiny_data: Path) -> None:
     """Each method's lr, teacher temperature and KoLeo weight are its own best point of the committed grid,
-    refined in round 3 (the grid's choice among the candidates, the best mean over seeds chosen)."""
+    refined in stage 3 (the grid's choice among the candidates, the best mean over seeds chosen)."""
     tuning = Path(__file__).resolve().parents[3] / "docs/results/tuning"
     grid = json.loads((tuning / "grid.json").read_text())
     refine = json.loads((tuning / "refine/refine.json").read_text())
@@ -52,7 +52,7 @@ def test_tuned_defaults_are_the_tuning_grids_choice(tmp_path: Path, tiny_data: P
         grid_choice = refine["points"][[p["method"] for p in refine["points"]].index(m)]
         assert {k: grid_choice[k] for k in ("base_lr", "teacher_temp", "koleo_weight")} == {
             k: grid["choice"][m][k] for k in ("base_lr", "teacher_temp", "koleo_weight")
-        }, m  # round 3 started from the committed grid's choice, its best point
+        }, m  # stage 3 started from the committed grid's choice, its best point
         assert grid["choice"][m] == max(
             (p for p in grid["points"] if p["method"] == m), key=lambda p: p["knn_top1"]
         )
