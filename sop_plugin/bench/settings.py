@@ -132,6 +132,8 @@ class BenchSettings:
     eval: EvalSettings
     trainer: Mapping[str, Any]
     method: Mapping[str, MethodSettings]
+    #: the teacher's EMA momentum, cosine from the first to the second over the run
+    ema: tuple[float, float]
 
     @property
     def global_batch(self) -> int:
@@ -147,14 +149,13 @@ class BenchSettings:
 
     def module(self, method: str, total_steps: int) -> ModuleSettings:
         """The settings of ``method``'s module for a run of ``total_steps`` steps."""
-        ema = self.source["ema"]
         return ModuleSettings(
             method=self.method[method],
             model=self.model,
             crops=self.crops,
             train=self.train,
-            ema_start=float(ema["start"]),
-            ema_end=float(ema["end"]),
+            ema_start=self.ema[0],
+            ema_end=self.ema[1],
             seed=self.seed,
             world=self.world,
             total_steps=max(1, total_steps),
@@ -207,6 +208,7 @@ def bench_settings(cfg: Mapping[str, Any]) -> BenchSettings:
         eval=_eval(cfg["eval"]),
         trainer=cfg["trainer"],
         method=per_method,
+        ema=(float(cfg["ema"]["start"]), float(cfg["ema"]["end"])),
     )
 
 

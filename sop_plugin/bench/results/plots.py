@@ -279,7 +279,12 @@ def plot_embedding_map(
     fig = Figure(figsize=(3.4 * cols, 3.4 * rows + 0.6))
     axes = fig.subplots(rows, cols, squeeze=False)
     n_classes = len(class_names)
-    palette = colormaps["tab10" if n_classes <= 10 else "tab20" if n_classes <= 20 else "turbo"]
+    name = "turbo"
+    if n_classes <= 20:
+        name = "tab20"
+    if n_classes <= 10:
+        name = "tab10"
+    palette = colormaps[name]
     handles = []
     for ax, name in zip(axes.flat, names):
         xy, labels = panels[name]

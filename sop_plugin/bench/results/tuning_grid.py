@@ -136,6 +136,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _spread_cell(key: str, value: float | None) -> str:
+    """A collapse statistic as a table cell: cosines to 3 decimals, ranks to 1, empty when not measured."""
+    if value is None:
+        return ""
+    if "cos" in key:
+        return f"{value:.3f}"
+    return f"{value:.1f}"
+
+
 def _markdown(rows: list[dict[str, Any]], choice: dict[str, dict[str, Any]]) -> str:
     lines = [
         "| method | base_lr | teacher temp | KoLeo | held-out kNN top-1 | linear top-1 | head eff. rank | "
@@ -145,9 +154,7 @@ def _markdown(rows: list[dict[str, Any]], choice: dict[str, dict[str, Any]]) -> 
     for r in rows:
         mark = "**yes**" if r == choice[r["method"]] else ""
         lin = "" if r["linear_top1"] is None else f"{r['linear_top1']:.2f}"
-        spread = " | ".join(
-            "" if r[k] is None else f"{r[k]:.3f}" if "cos" in k else f"{r[k]:.1f}" for k in SPREAD_KEYS
-        )
+        spread = " | ".join(_spread_cell(k, r[k]) for k in SPREAD_KEYS)
         lines.append(
             f"| {r['method']} | {r['base_lr']:g} | {r['teacher_temp']:g} | {r['koleo_weight']:g} | "
             f"{r['knn_top1']:.2f} | {lin} | {spread} | {mark} |"

@@ -15,20 +15,13 @@ from sop_plugin.bench.evals.embedding_map import MapSettings, embed_2d, map_poin
 from sop_plugin.bench.results.plots import plot_suite_bars
 from sop_plugin.bench.results.report import suite_rows, write_report
 from sop_plugin.bench.results.schema import validate_results
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+from tests.bench.results.test_plots_report import PNG_MAGIC, _metrics
 
 
 def _method(knn: float, seg: float) -> dict[str, object]:
     return {
-        "knn_top1": knn,
+        **_metrics(knn),
         "linear_top1": knn,
-        "map_at_r": 40.0,
-        "recall_at_1": 80.0,
-        "corrupt_knn_top1": knn - 5,
-        "train_seconds": 120.0,
-        "step_seconds_median": 0.05,
-        "peak_rss_mb": 900.0,
         "epochs": 1,
         "finetune_top1": knn + 2,
         "fewshot_top1": {"1pct": knn - 10, "10pct": knn - 4},
