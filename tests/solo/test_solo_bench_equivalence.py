@@ -4,7 +4,9 @@ From the same backbone and head weights, the same multi-crop batch, the same stu
 same step, the bench's Lightning module (``BenchModule.method_step``) and solo-learn's method class
 (``training_step``) must produce the same method loss, the same gradients on every student
 parameter and the same memories / centres after the step (to 1e-6). Both call
-:mod:`sop_plugin.methods`; this test shows that the two hosts hand it the same tokens.
+:mod:`sop_plugin.methods`; this test shows that the two hosts hand it the same tokens. It runs with
+solo-learn's ``vit_tiny`` (3 channels in both hosts) and with ``vit_custom`` at ``in_chans: 1``, where
+solo-learn gets a grey image as 3 equal channels (as it reads a grey PNG) and the bench its 1 channel.
 """
 
 from __future__ import annotations
@@ -45,13 +47,21 @@ SHARED = {
 }
 
 
-def solo_model(method: str):
+GREY = {"num_heads": 3, "in_chans": 1}
+#: backbone name -> (solo-learn backbone kwargs, channels the bench feeds)
+BACKBONES = {
+    "vit_tiny": ({"img_size": GLOBAL, "patch_size": PATCH}, 3),
+    "vit_custom": ({"img_size": GLOBAL, "patch_size": PATCH, "embed_dim": 192, "depth": 2} | GREY, 1),
+}
+
+
+def solo_model(method: str, backbone: str):
     cfg = OmegaConf.create(
         {
             "name": "equivalence",
             "method": method,
             "seed": 3,
-            "backbone": {"name": "vit_tiny", "kwargs": {"img_size": GLOBAL, "patch_size": PATCH}},
+            "backbone": {"name": backbone, "kwargs": BACKBONES[backbone][0]},
             # schedules in steps on both sides (solo's epoch counts off)
             "method_kwargs": {**SHARED[method], "clip_grad": 0.0, "warmup_teacher_temp_epochs": 0},
             "momentum": {"base_tau": 0.99, "final_tau": 1.0},
@@ -66,7 +76,7 @@ def solo_model(method: str):
     return (SOP if method == "sop" else IBOT)(cfg)
 
 
-def bench_module(method: str, solo, tmp_path: Path, tiny_data: Path) -> BenchModule:
+def bench_module(method: str, solo, chans: int, tmp_path: Path, tiny_data: Path) -> BenchModule:
     """The bench module of ``method`` with solo-learn's backbones, mask token and method weights."""
     overrides = [f"{method}.{k}={v}" for k, v in SHARED[method].items()]
     overrides += [f"crops.global_size={GLOBAL}", f"crops.local_size={LOCAL}", f"model.patch_size={PATCH}"]
@@ -74,7 +84,7 @@ def bench_module(method: str, solo, tmp_path: Path, tiny_data: Path) -> BenchMod
     if method == "ibot":
         overrides.append("ibot.freeze_last_layer_fraction=0")
     cfg = bench_config(tmp_path, tiny_data, overrides)
-    module = BenchModule(bench_settings(cfg).module(method, 10), 3, (0.5,) * 3, (0.5,) * 3)
+    module = BenchModule(bench_settings(cfg).module(method, 10), chans, (0.5,) * chans, (0.5,) * chans)
     module.student = MaskedEncoder(copy.deepcopy(solo.backbone), initialize=False)
     module.teacher = MaskedEncoder(copy.deepcopy(solo.momentum_backbone), initialize=False)
     module.student.masked_vit.mask_token = torch.nn.Parameter(solo.mask_token.detach().clone())
@@ -92,16 +102,20 @@ def student_grads(named) -> dict[str, torch.Tensor]:
     return {name: p.grad.clone() for name, p in named if p.grad is not None}
 
 
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
 @pytest.mark.parametrize("method", ["sop", "ibot"])
-def test_bench_and_solo_give_the_same_loss_gradients_and_state(method: str, tmp_path, tiny_data) -> None:
+def test_bench_and_solo_give_the_same_loss_gradients_and_state(
+    method: str, backbone: str, tmp_path, tiny_data
+) -> None:
     torch.manual_seed(0)
-    solo = solo_model(method)
-    bench = bench_module(method, solo, tmp_path, tiny_data)
+    solo = solo_model(method, backbone)
+    chans = BACKBONES[backbone][1]
+    bench = bench_module(method, solo, chans, tmp_path, tiny_data)
     solo.train()
     bench.train()
     gen = torch.Generator().manual_seed(1)
-    views = [torch.randn(B, 3, GLOBAL, GLOBAL, generator=gen) for _ in range(2)]
-    views += [torch.randn(B, 3, LOCAL, LOCAL, generator=gen) for _ in range(2)]
+    views = [torch.randn(B, chans, GLOBAL, GLOBAL, generator=gen) for _ in range(2)]
+    views += [torch.randn(B, chans, LOCAL, LOCAL, generator=gen) for _ in range(2)]
     masks = torch.rand(2, B, (GLOBAL // PATCH) ** 2, generator=gen) < 0.4
     image_ids = torch.arange(B) + 10
 
@@ -109,7 +123,8 @@ def test_bench_and_solo_give_the_same_loss_gradients_and_state(method: str, tmp_
     bench_out.loss.backward()
     solo._draw_masks = lambda crops, batch_idx: [masks[0], masks[1]]  # the same masks, not solo's own draw
     solo_outputs = captured_output(solo.method)
-    solo.training_step([image_ids, views, torch.arange(B) % 5], 0)
+    solo_views = [v.expand(-1, 3, -1, -1) for v in views]  # solo-learn reads every image as RGB
+    solo.training_step([image_ids, solo_views, torch.arange(B) % 5], 0)
     (solo_out,) = solo_outputs
     solo_out.loss.backward()
 
