@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 from torch import Tensor
 
 from sop_plugin.bench.evals.probes import knn_top1, linear_probe
+from sop_plugin.bench.results.summary import load_run
 from sop_plugin.data import get_dataset
 from sop_plugin.runtime import load_checkpoint
 from sop_plugin.solo.backbones import vit_custom
@@ -88,12 +89,15 @@ def score(run_dir: Path, data: str, path: str | None, limit_train: int | None) -
     }
 
 
-def bench_spread(runs: Sequence[Path]) -> dict[str, dict[str, list[float]]]:
-    """Per method and metric, the values of the ``sop-bench`` runs (their ``results.json``), one per seed."""
+def bench_spread(specs: Sequence[str]) -> dict[str, dict[str, list[float]]]:
+    """Per method and metric, the values of the ``sop-bench`` runs, one per seed.
+
+    Args:
+        specs: ``RUN_DIR`` or ``RUN_DIR:METHOD,...`` (only those methods of that run), as for ``summary``.
+    """
     spread: dict[str, dict[str, list[float]]] = {}
-    for run in runs:
-        results = json.loads((run / "results.json").read_text())
-        for method, metrics in results["methods"].items():
+    for spec in specs:
+        for method, metrics in load_run(spec)["methods"].items():
             for key in ("knn_top1", "linear_top1"):
                 spread.setdefault(method, {}).setdefault(key, []).append(float(metrics[key]))
     return spread
@@ -127,7 +131,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--limit-train", type=int, default=None, help="the first N training images (train.limit_train_images)"
     )
-    parser.add_argument("--bench", nargs="*", type=Path, default=[], help="sop-bench runs at the same budget")
+    parser.add_argument(
+        "--bench", nargs="*", default=[], help="sop-bench runs at the same budget (RUN_DIR[:METHOD,...])"
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     rows = [score(run, args.data, args.path, args.limit_train) for run in args.runs]

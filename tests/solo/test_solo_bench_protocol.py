@@ -17,6 +17,7 @@ from sop_plugin.data import get_dataset  # noqa: E402
 from sop_plugin.solo.backbones import vit_custom  # noqa: E402
 from sop_plugin.solo.bench_protocol import features, main, teacher_backbone  # noqa: E402
 
+REPO = Path(__file__).resolve().parents[2]
 KWARGS = {"img_size": 28, "patch_size": 7, "embed_dim": 32, "depth": 1, "num_heads": 2}
 MEAN, STD = [0.3] * 3, [0.35] * 3
 
@@ -61,14 +62,20 @@ def test_scores_the_teacher_backbone_with_the_bench_knn(tmp_path: Path, tiny_dat
 def test_side_by_side_puts_solo_beside_the_bench_seeds(tmp_path: Path) -> None:
     from sop_plugin.solo.bench_protocol import bench_spread, side_by_side
 
-    runs = []
+    template = json.loads((REPO / "docs/results/standard/seed0/results.json").read_text())
+    specs = []
     for seed, knn in enumerate((70.0, 72.0, 74.0)):
         run = tmp_path / f"seed{seed}"
         run.mkdir()
-        metrics = {"sop": {"knn_top1": knn, "linear_top1": 60.0 + seed}}
-        (run / "results.json").write_text(json.dumps({"methods": metrics}))
-        runs.append(run)
+        results = {**template, "seed": seed}
+        methods = {m: {**r, "knn_top1": 0.0} for m, r in template["methods"].items()}  # left out by ``:sop``
+        methods["sop"] = {**methods["sop"], "knn_top1": knn, "linear_top1": 60.0 + seed}
+        results["methods"] = methods
+        (run / "results.json").write_text(json.dumps(results))
+        specs.append(f"{run}:sop")
     rows = [{"method": "sop", "knn_top1": 76.0, "linear_top1": 61.0}]
-    lines = side_by_side(rows, bench_spread(runs))
+    spread = bench_spread(specs)
+    assert set(spread) == {"sop"}
+    lines = side_by_side(rows, spread)
     assert "| sop | kNN top-1 | 76.00 | 72.00 ± 2.00 (3) | +4.00 | +2.0 |" in lines
     assert "| sop | linear top-1 | 61.00 | 61.00 ± 1.00 (3) | +0.00 | +0.0 |" in lines
