@@ -9,7 +9,8 @@ For each pretraining run (solo-learn's checkpoint of SOP, DINO or iBOT) the teac
 
 writes ``DIR/bench_protocol.json`` and ``.md`` (one row per run). With ``--bench RUN_DIR...`` (``sop-bench``
 runs at the same budget, one per seed) the table puts each method's solo-learn numbers beside the bench's
-mean and standard deviation over those seeds, with the difference in standard deviations.
+mean and standard deviation over those seeds, with the difference in standard deviations and whether
+the solo-learn number lies where one more bench seed would land with 95 % probability.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from omegaconf import OmegaConf
 from torch import Tensor
 
 from sop_plugin.bench.evals.probes import knn_top1, linear_probe
+from sop_plugin.bench.results.stats import prediction_interval
 from sop_plugin.bench.results.summary import load_run
 from sop_plugin.data import get_dataset
 from sop_plugin.runtime import load_checkpoint
@@ -104,21 +106,27 @@ def bench_spread(specs: Sequence[str]) -> dict[str, dict[str, list[float]]]:
 
 
 def side_by_side(rows: Sequence[dict], spread: dict[str, dict[str, list[float]]]) -> list[str]:
-    """Markdown rows: solo-learn's number, the bench's mean ± sd (n seeds), their difference in sds."""
+    """Markdown rows: solo-learn's number beside the bench's mean ± sd (n seeds), their difference in sds,
+    and whether it lies in the 95 % prediction interval of one more bench seed (``prediction_interval``)."""
     lines = [
-        "| method | metric | solo-learn | bench mean ± sd (seeds) | solo − bench | in bench sds |",
-        "|---|---|---:|---:|---:|---:|",
+        "| method | metric | solo-learn | bench mean ± sd (seeds) | solo − bench | in bench sds "
+        "| one more bench seed (95 %) | solo-learn inside |",
+        "|---|---|---:|---:|---:|---:|---|---|",
     ]
     for r in rows:
         for key, name in (("knn_top1", "kNN top-1"), ("linear_top1", "linear top-1")):
             values = spread.get(r["method"], {}).get(key, [])
-            if len(values) < 2:
+            interval = prediction_interval(values)
+            if interval is None:
                 continue
             mean, sd = statistics.mean(values), statistics.stdev(values)
             diff = r[key] - mean
             ratio = f"{diff / sd:+.1f}" if sd > 0 else "n/a"
             bench = f"{mean:.2f} ± {sd:.2f} ({len(values)})"
-            lines.append(f"| {r['method']} | {name} | {r[key]:.2f} | {bench} | {diff:+.2f} | {ratio} |")
+            inside = "yes" if interval[0] <= r[key] <= interval[1] else "no"
+            band = f"[{interval[0]:.2f}, {interval[1]:.2f}] | {inside}"
+            cells = [r["method"], name, f"{r[key]:.2f}", bench, f"{diff:+.2f}", ratio, band]
+            lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 

@@ -72,6 +72,8 @@ def _loader() -> DataLoader:
 @pytest.fixture(autouse=True)
 def _restore_handlers():
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    # Python's own SIGINT handler, also when the shell started pytest in the background (SIGINT ignored)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     for s, h in before.items():
         signal.signal(s, h)

@@ -77,5 +77,8 @@ def test_side_by_side_puts_solo_beside_the_bench_seeds(tmp_path: Path) -> None:
     spread = bench_spread(specs)
     assert set(spread) == {"sop"}
     lines = side_by_side(rows, spread)
-    assert "| sop | kNN top-1 | 76.00 | 72.00 ± 2.00 (3) | +4.00 | +2.0 |" in lines
-    assert "| sop | linear top-1 | 61.00 | 61.00 ± 1.00 (3) | +0.00 | +0.0 |" in lines
+    # one more seed of N(72, 2) lands in 72 ± t(0.975, 2) * 2 * sqrt(1 + 1/3) = 72 ± 9.94 (95 %)
+    assert "| sop | kNN top-1 | 76.00 | 72.00 ± 2.00 (3) | +4.00 | +2.0 | [62.06, 81.94] | yes |" in lines
+    assert "| sop | linear top-1 | 61.00 | 61.00 ± 1.00 (3) | +0.00 | +0.0 | [56.03, 65.97] | yes |" in lines
+    far = side_by_side([{"method": "sop", "knn_top1": 90.0, "linear_top1": 61.0}], spread)
+    assert far[2].endswith("| [62.06, 81.94] | no |")

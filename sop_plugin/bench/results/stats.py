@@ -40,6 +40,24 @@ def t_interval(diffs: Sequence[float], confidence: float = CONFIDENCE) -> tuple[
     return float(low), float(high)
 
 
+def prediction_interval(
+    values: Sequence[float], confidence: float = CONFIDENCE
+) -> tuple[float, float] | None:
+    """Where one more seed would land with probability ``confidence``; ``None`` with fewer than two values.
+
+    Student's t with n - 1 degrees of freedom around the mean, scale ``sd * sqrt(1 + 1/n)``: the spread
+    of a single new run, not of the mean. Used to ask whether one run of another host is one of ours.
+    """
+    if len(values) < 2:
+        return None
+    x = np.asarray(values, dtype=float)
+    scale = float(x.std(ddof=1)) * math.sqrt(1.0 + 1.0 / len(x))
+    if scale == 0.0:
+        return float(x.mean()), float(x.mean())
+    low, high = stats.t.interval(confidence, len(x) - 1, loc=float(x.mean()), scale=scale)
+    return float(low), float(high)
+
+
 def bootstrap_interval(
     diffs: Sequence[float], confidence: float = CONFIDENCE, seed: int = BOOTSTRAP_SEED
 ) -> tuple[float, float] | None:

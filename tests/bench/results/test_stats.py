@@ -9,7 +9,14 @@ import math
 
 import pytest
 
-from sop_plugin.bench.results.stats import bootstrap_interval, flip, paired, t_interval, verdict
+from sop_plugin.bench.results.stats import (
+    bootstrap_interval,
+    flip,
+    paired,
+    prediction_interval,
+    t_interval,
+    verdict,
+)
 
 T_975_DF2 = 4.302652729911275  # Student t, 97.5th percentile, 2 degrees of freedom (tables)
 
@@ -59,3 +66,13 @@ def test_paired_uses_only_the_shared_seeds() -> None:
     assert p["verdict"] == "level"  # two seeds: t with 1 degree of freedom, 0.55 +- 12.7 * 0.05 spans 0
     assert p["ci95_t"] == pytest.approx([0.55 - 12.706204736 * 0.05, 0.55 + 12.706204736 * 0.05])
     assert paired({0: 1.0}, {1: 1.0}) is None
+
+
+def test_prediction_interval_is_where_one_more_seed_lands() -> None:
+    """t(n - 1) around the mean with scale sd * sqrt(1 + 1/n), the spread of one new run (not of the mean)."""
+    low, high = prediction_interval([70.0, 72.0, 74.0])
+    assert (low, high) == pytest.approx((72.0 - 9.9366, 72.0 + 9.9366), abs=1e-3)
+    t_low, t_high = t_interval([70.0, 72.0, 74.0])
+    assert low < t_low and high > t_high  # wider than the interval of the mean
+    assert prediction_interval([5.0]) is None
+    assert prediction_interval([5.0, 5.0]) == (5.0, 5.0)
