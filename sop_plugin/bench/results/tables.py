@@ -109,7 +109,7 @@ TABLES: dict[str, Table] = {
     "long": Table(LONG, "results", STANDARD_KEYS),
     "shared-settings": Table(SHARED, "results", SHARED_KEYS),
     "shared-settings-verdicts": Table(SHARED, "verdicts", SHARED_KEYS[:-1]),
-    **{f"cross-host-{run}": Table(CROSS_HOST.format(run), "file") for run in ("solo-learn",)},
+    **{f"cross-host-{run}": Table(CROSS_HOST.format(run), "file") for run in ("standard", "solo-learn")},
 }
 
 BLOCK = re.compile(r"<!-- table:(?P<name>[\w-]+) begin[^>]*-->\n.*?<!-- table:(?P=name) end -->", re.DOTALL)
