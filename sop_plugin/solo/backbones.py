@@ -7,8 +7,9 @@ by the benchmark's own code, so a solo-learn run trains exactly the ViT the benc
 
 solo-learn reads every image as RGB, so a grey dataset reaches the backbone as 3 equal channels. With
 ``backbone.kwargs.in_chans: 1`` the ViT has the benchmark's 1-channel patch embedding and takes that
-grey image itself: 3 equal input channels would otherwise act as one kernel 3 times as large, which
-also takes 3 times the Adam step of the bench's (the patch embedding is the only layer that sees pixels).
+grey image itself. 3 equal input channels would otherwise act as the sum of 3 kernels: about 1.4 times
+the bench's at initialisation, moving 3 times as far per Adam step (each copy takes the same step), on
+the only layer that sees pixels.
 """
 
 from __future__ import annotations

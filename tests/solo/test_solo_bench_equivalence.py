@@ -47,11 +47,11 @@ SHARED = {
 }
 
 
-GREY = {"num_heads": 3, "in_chans": 1}
-#: backbone name -> (solo-learn backbone kwargs, channels the bench feeds)
+GRID = {"img_size": GLOBAL, "patch_size": PATCH}
+#: backbone name -> (solo-learn backbone kwargs, channels the bench feeds); both 192 wide with 3 heads
 BACKBONES = {
-    "vit_tiny": ({"img_size": GLOBAL, "patch_size": PATCH}, 3),
-    "vit_custom": ({"img_size": GLOBAL, "patch_size": PATCH, "embed_dim": 192, "depth": 2} | GREY, 1),
+    "vit_tiny": (GRID, 3),
+    "vit_custom": (GRID | {"embed_dim": 192, "depth": 2, "num_heads": 3, "in_chans": 1}, 1),
 }
 
 
