@@ -9,8 +9,9 @@ of a seed come from the first run of that seed, in the order given, that has the
 ``summary.json`` holds, over seeds: mean ± std per method and control; per metric and pair of methods
 the paired differences with 95 % intervals and a verdict (:mod:`sop_plugin.bench.results.stats`); each
 method's gap to each control; time ratios within each run (never a mean time over runs, which may
-come from different machines); and every run's machine. It is the single source of the result tables
-in the READMEs (:mod:`sop_plugin.bench.results.tables`).
+come from different machines); and every run's machine. Runs recorded under different profile names
+(e.g. ``standard train.epochs=6`` beside ``long``) keep every name in ``profile``, in the order given.
+It is the single source of the result tables in the READMEs (:mod:`sop_plugin.bench.results.tables`).
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "runs": len(seeds),
         "seeds": seeds,
         "dataset": runs[0]["dataset"],
-        "profile": runs[0]["profile"],
+        "profile": " / ".join(dict.fromkeys(r["profile"] for r in runs)),
         "raw_pixel_knn_top1": runs[0]["raw_pixel_knn_top1"],
         "sources": _sources(runs),
         "methods": {m: _method_stats(runs, m) for m in methods},

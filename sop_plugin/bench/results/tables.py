@@ -33,7 +33,7 @@ Kind = Literal["results", "verdicts", "control_gaps", "timing", "file"]
 STANDARD = "docs/results/standard/summary.json"
 #: ``profile=quick`` (``make bench``) at the shipped defaults
 QUICK = "docs/results/quick/summary.json"
-#: ``profile=standard train.epochs=6`` at the shipped defaults
+#: ``profile=long`` (``standard`` with 6 epochs; seed 0 ran as ``profile=standard train.epochs=6``)
 LONG = "docs/results/long/summary.json"
 #: ``profile=standard`` before the per-method recipes: one shared setting, no evaluation suite
 SHARED = "docs/results/shared-settings/summary.json"
@@ -100,6 +100,9 @@ TABLES: dict[str, Table] = {
     "readme-standard-verdicts": Table(STANDARD, "verdicts", README_VERDICT_KEYS),
     "readme-standard-controls": Table(STANDARD, "control_gaps", README_CONTROL_KEYS),
     "readme-quick": Table(QUICK, "results", README_KEYS),
+    "readme-long": Table(LONG, "results", README_KEYS),
+    "readme-long-verdicts": Table(LONG, "verdicts", README_VERDICT_KEYS),
+    "readme-long-controls": Table(LONG, "control_gaps", ("knn_top1",)),
     "standard": Table(STANDARD, "results", STANDARD_KEYS),
     "standard-verdicts": Table(STANDARD, "verdicts", VERDICT_KEYS),
     "standard-controls": Table(STANDARD, "control_gaps"),
@@ -107,6 +110,9 @@ TABLES: dict[str, Table] = {
     "standard-timing": Table(STANDARD, "timing"),
     "quick": Table(QUICK, "results", STANDARD_KEYS),
     "long": Table(LONG, "results", STANDARD_KEYS),
+    "long-verdicts": Table(LONG, "verdicts", VERDICT_KEYS),
+    "long-controls": Table(LONG, "control_gaps"),
+    "long-collapse": Table(LONG, "results", COLLAPSE_KEYS),
     "shared-settings": Table(SHARED, "results", SHARED_KEYS),
     "shared-settings-verdicts": Table(SHARED, "verdicts", SHARED_KEYS[:-1]),
     **{f"cross-host-{run}": Table(CROSS_HOST.format(run), "file") for run in ("standard", "solo-learn")},

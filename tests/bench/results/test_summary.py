@@ -49,6 +49,15 @@ def test_a_method_rerun_alone_replaces_its_column_for_that_seed(tmp_path: Path) 
     assert "| iBOT | 85.00 ± 7.07 |" in (tmp_path / "out/summary.md").read_text()
 
 
+def test_runs_recorded_under_different_profile_names_keep_every_name(tmp_path: Path) -> None:
+    seed0 = _run(tmp_path, "seed0", 0, 80.0, profile="standard")
+    seed1 = _run(tmp_path, "seed1", 1, 81.0, profile="long")
+    seed2 = _run(tmp_path, "seed2", 2, 82.0, profile="long")
+    main([seed0, seed1, seed2, "--out", str(tmp_path / "out")])
+    assert json.loads((tmp_path / "out/summary.json").read_text())["profile"] == "standard / long"
+    assert (tmp_path / "out/summary.md").read_text().startswith("# standard / long profile on")
+
+
 def test_a_method_twice_for_one_seed_or_missing_is_refused(tmp_path: Path) -> None:
     seed1 = _run(tmp_path, "seed1", 1, 70.0)
     ibot1 = _run(tmp_path, "ibot1", 1, 90.0)
